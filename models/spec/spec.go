@@ -1,0 +1,195 @@
+// Package spec is the schema of a model's pre- and post-processing: how a frame becomes input
+// tensors and how output tensors become classes, detections or values. The same schema is
+// written in the agent's YAML config and (later) in a bundle's manifest.json, so it lives in
+// models/ and imports nothing from agent/ or hal/. It holds data and validation only.
+package spec
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Model is the processing spec of one model.
+type Model struct {
+	Input  Input  `yaml:"input,omitempty" json:"input,omitempty"`
+	Output Output `yaml:"output,omitempty" json:"output,omitempty"`
+}
+
+// Input kinds.
+const (
+	InputImage  = "image"  // a decoded picture, resized and normalised
+	InputVector = "vector" // named or positional numbers (sensor readings, CSV rows)
+	InputTensor = "tensor" // a raw tensor (.npy, raw bytes) copied as is
+)
+
+// Input says how to turn a frame into the model's input tensor 0.
+type Input struct {
+	// Kind is image, vector or tensor; "" picks one from the frame.
+	Kind   string `yaml:"kind,omitempty" json:"kind,omitempty"`
+	Image  Image  `yaml:"image,omitempty" json:"image,omitempty"`
+	Vector Vector `yaml:"vector,omitempty" json:"vector,omitempty"`
+}
+
+// Resize methods.
+const (
+	ResizeNearest  = "nearest"
+	ResizeBilinear = "bilinear"
+	ResizeArea     = "area"
+)
+
+// Image preprocessing: resize to the tensor's H×W, pick colour, normalise, quantise.
+// The value fed for a pixel channel p (0..255) is (p - Mean[c]) / Std[c]; when the input
+// tensor is quantised it is then mapped to q = round(value/scale + zero_point).
+type Image struct {
+	Resize string `yaml:"resize,omitempty" json:"resize,omitempty"` // nearest | bilinear | area (default bilinear)
+	Color  string `yaml:"color,omitempty" json:"color,omitempty"`   // rgb | grey | bgr ("" = from the channel count)
+	// Mean and Std are per channel (one value applies to all). Defaults 0 and 1.
+	Mean []float64 `yaml:"mean,omitempty" json:"mean,omitempty"`
+	Std  []float64 `yaml:"std,omitempty" json:"std,omitempty"`
+	// Invert maps p to 255-p before normalising (white-on-black vs black-on-white digits).
+	Invert bool `yaml:"invert,omitempty" json:"invert,omitempty"`
+}
+
+// Vector preprocessing: pick features in order and standardise (x - Mean[i]) / Std[i].
+type Vector struct {
+	// Features names the frame's fields in the model's input order; empty = frame order.
+	Features []string  `yaml:"features,omitempty" json:"features,omitempty"`
+	Mean     []float64 `yaml:"mean,omitempty" json:"mean,omitempty"`
+	Std      []float64 `yaml:"std,omitempty" json:"std,omitempty"`
+}
+
+// Output kinds.
+const (
+	OutputRaw            = "raw"            // dequantised output tensors as numbers
+	OutputClassification = "classification" // scores → top-k classes
+	OutputDetection      = "detection"      // SSD: boxes, classes, scores, count
+	OutputRegression     = "regression"     // named values
+)
+
+// Output says how to read the model's outputs.
+type Output struct {
+	Kind string `yaml:"kind,omitempty" json:"kind,omitempty"` // raw (default) | classification | detection | regression
+	// Labels inline, or LabelsFile (one per line). LabelOffset is added to a class index
+	// before looking up its label (1 for COCO label maps whose line 0 is "???").
+	Labels      []string `yaml:"labels,omitempty" json:"labels,omitempty"`
+	LabelsFile  string   `yaml:"labels_file,omitempty" json:"labels_file,omitempty"`
+	LabelOffset int      `yaml:"label_offset,omitempty" json:"label_offset,omitempty"`
+
+	Classification Classification `yaml:"classification,omitempty" json:"classification,omitempty"`
+	Detection      Detection      `yaml:"detection,omitempty" json:"detection,omitempty"`
+	Regression     Regression     `yaml:"regression,omitempty" json:"regression,omitempty"`
+}
+
+// Classification post-processing on output tensor Tensor.
+type Classification struct {
+	Tensor int `yaml:"tensor,omitempty" json:"tensor,omitempty"`
+	TopK   int `yaml:"top_k,omitempty" json:"top_k,omitempty"` // default 1
+	// Softmax applies softmax first; set it when the model outputs logits (declared, never guessed).
+	Softmax   bool    `yaml:"softmax,omitempty" json:"softmax,omitempty"`
+	Threshold float64 `yaml:"threshold,omitempty" json:"threshold,omitempty"` // drop classes scoring below
+}
+
+// Detection post-processing for TFLite_Detection_PostProcess outputs.
+type Detection struct {
+	// Output tensor indexes; defaults 0,1,2,3 (boxes, classes, scores, count).
+	Boxes          *int    `yaml:"boxes,omitempty" json:"boxes,omitempty"`
+	Classes        *int    `yaml:"classes,omitempty" json:"classes,omitempty"`
+	Scores         *int    `yaml:"scores,omitempty" json:"scores,omitempty"`
+	Count          *int    `yaml:"count,omitempty" json:"count,omitempty"`
+	ScoreThreshold float64 `yaml:"score_threshold,omitempty" json:"score_threshold,omitempty"` // default 0.5
+	MaxDetections  int     `yaml:"max_detections,omitempty" json:"max_detections,omitempty"`   // 0 = all
+}
+
+// Regression names the elements of output tensor Tensor.
+type Regression struct {
+	Tensor int      `yaml:"tensor,omitempty" json:"tensor,omitempty"`
+	Names  []string `yaml:"names,omitempty" json:"names,omitempty"`
+}
+
+// Validate checks the spec on its own (shapes are checked against the model at load).
+// Errors name the field, relative to the spec: "input.image.resize".
+func (m Model) Validate() error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	switch m.Input.Kind {
+	case "", InputImage, InputVector, InputTensor:
+	default:
+		add("input.kind", "unknown kind %q (want image, vector or tensor)", m.Input.Kind)
+	}
+	im := m.Input.Image
+	switch im.Resize {
+	case "", ResizeNearest, ResizeBilinear, ResizeArea:
+	default:
+		add("input.image.resize", "unknown method %q (want nearest, bilinear or area)", im.Resize)
+	}
+	switch strings.ToLower(im.Color) {
+	case "", "rgb", "grey", "gray", "bgr":
+	default:
+		add("input.image.color", "unknown colour %q (want rgb, bgr or grey)", im.Color)
+	}
+	for i, s := range im.Std {
+		if s == 0 {
+			add(fmt.Sprintf("input.image.std[%d]", i), "must not be 0")
+		}
+	}
+	if len(im.Mean) > 3 || len(im.Std) > 3 {
+		add("input.image", "mean and std take 1 or 3 values")
+	}
+	v := m.Input.Vector
+	for i, s := range v.Std {
+		if s == 0 {
+			add(fmt.Sprintf("input.vector.std[%d]", i), "must not be 0")
+		}
+	}
+	if len(v.Features) > 0 {
+		if len(v.Mean) > 0 && len(v.Mean) != len(v.Features) {
+			add("input.vector.mean", "has %d values for %d features", len(v.Mean), len(v.Features))
+		}
+		if len(v.Std) > 0 && len(v.Std) != len(v.Features) {
+			add("input.vector.std", "has %d values for %d features", len(v.Std), len(v.Features))
+		}
+	}
+	o := m.Output
+	switch o.Kind {
+	case "", OutputRaw, OutputClassification, OutputDetection, OutputRegression:
+	default:
+		add("output.kind", "unknown kind %q (want raw, classification, detection or regression)", o.Kind)
+	}
+	if len(o.Labels) > 0 && o.LabelsFile != "" {
+		add("output.labels", "give labels or labels_file, not both")
+	}
+	c := o.Classification
+	if c.TopK < 0 {
+		add("output.classification.top_k", "must be ≥ 0")
+	}
+	if c.Tensor < 0 {
+		add("output.classification.tensor", "must be ≥ 0")
+	}
+	if c.Threshold < 0 {
+		add("output.classification.threshold", "must be ≥ 0")
+	}
+	d := o.Detection
+	if d.ScoreThreshold < 0 || d.ScoreThreshold > 1 {
+		add("output.detection.score_threshold", "must be within 0..1")
+	}
+	for name, p := range map[string]*int{"boxes": d.Boxes, "classes": d.Classes, "scores": d.Scores, "count": d.Count} {
+		if p != nil && *p < 0 {
+			add("output.detection."+name, "must be ≥ 0")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// DetectionIndexes returns the output tensor indexes for boxes, classes, scores, count.
+func (d Detection) DetectionIndexes() (boxes, classes, scores, count int) {
+	pick := func(p *int, def int) int {
+		if p != nil {
+			return *p
+		}
+		return def
+	}
+	return pick(d.Boxes, 0), pick(d.Classes, 1), pick(d.Scores, 2), pick(d.Count, 3)
+}
