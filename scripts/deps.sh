@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the build and tests need on Debian/Ubuntu: the TensorFlow Lite C library
+# (scripts/install-tflite.sh, via npm) and the Debian packages the tests start for real.
+# Idempotent: does nothing when everything is present.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+need=()
+command -v npm >/dev/null || need+=(npm)
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v gcc >/dev/null || need+=(gcc)
+
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "deps: missing ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2
+    exit 1
+  fi
+  echo "deps: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+"$here/scripts/tflite-prefix.sh" >/dev/null
