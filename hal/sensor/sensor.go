@@ -1,7 +1,7 @@
 // Package sensor defines where frames come from: the Source interface, the Frame that moves
 // forward into the pipeline, a registry of source kinds, and the bounded drop-oldest Queue
 // every source writes into. Kinds live in sub-packages (synthetic, csv, file, command, http,
-// mqtt) that register a factory from init; hal/sensor/all imports every kind.
+// mqtt, i2c) that register a factory from init; hal/sensor/all imports every kind.
 //
 // sensor imports nothing from agent/. A kind that needs a network client the agent owns
 // (mqtt) declares the small interface it needs and gets it through Deps.
@@ -80,7 +80,8 @@ type SyntheticSpec struct {
 	Period    float64 `yaml:"period,omitempty"` // samples per sine period (default 64)
 	Step      float64 `yaml:"step,omitempty"`   // random-walk step (default 0.1)
 	Seed      int64   `yaml:"seed,omitempty"`
-	// Phase emits the sine's phase x as a value (for models such as sin(x)) instead of sin(x).
+	// Phase emits the sine's phase x in [0, 2π) plus Offset as the value (the input of a model
+	// of sin(x)) instead of sin(x).
 	Phase bool `yaml:"phase,omitempty"`
 	Count int  `yaml:"count,omitempty"` // stop after Count frames (0 = forever)
 }

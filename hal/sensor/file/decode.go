@@ -50,13 +50,19 @@ func (s *source) read(path string) (sensor.Frame, error) {
 	return fr, nil
 }
 
-// decode picks the format by extension for tensors (raw bytes may start with anything) and
-// by content for pictures (a .jpg that is really a PNG still works).
 func (s *source) decode(path string, data []byte) (sensor.Frame, error) {
+	return Decode(path, data, s.cfg)
+}
+
+// Decode turns one file's bytes into a frame exactly as the file kind does (the predict
+// command uses it). It picks the format by extension for tensors (raw bytes may start with
+// anything; cfg gives their dtype and shape) and by content for pictures (a .jpg that is
+// really a PNG still works).
+func Decode(path string, data []byte, cfg sensor.FileSpec) (sensor.Frame, error) {
 	ext := strings.ToLower(filepath.Ext(path))
 	switch {
 	case ext == ".raw" || ext == ".bin":
-		raw, err := rawTensor(data, s.cfg.DType, s.cfg.Shape)
+		raw, err := rawTensor(data, cfg.DType, cfg.Shape)
 		return sensor.Frame{Tensor: raw}, err
 	case ext == ".npy" || bytes.HasPrefix(data, npyMagic):
 		raw, err := ParseNPY(data)

@@ -99,7 +99,7 @@ func (s *source) Run(ctx context.Context, emit sensor.Emit) error {
 				// sine and its negation, four are quadrature, and so on.
 				x := math.Mod(2*math.Pi*float64(n)/c.Period+2*math.Pi*float64(ch)/float64(c.Channels), 2*math.Pi)
 				if c.Phase {
-					v[ch] = x
+					v[ch] = x + c.Offset // offset -π gives [-π, π)
 				} else {
 					v[ch] = c.Amplitude*math.Sin(x) + c.Offset
 				}

@@ -1,0 +1,299 @@
+// Package agent wires edge-agent together; it is the one place that knows every part.
+//
+//	hal/sensor kinds ──▶ Runner (retry, backoff, drop-oldest queue)
+//	        │
+//	        ▼
+//	pipeline: per-model queue ─▶ preprocess ─▶ infer (agent/infer/tflite) ─▶ postprocess ─▶ Result
+//	        │                                                                        │
+//	        ▼                                                                        ▼
+//	agent/health (conditions: engine, models, delegates, sources)             Sink: stdout JSON lines
+//
+// Start order: detect hardware, open the engine, load models (a model that fails is reported
+// and the others still serve), build sources, start the pipeline's workers (sinks first), then
+// the sources. Stop order on cancel: sources stop, queued frames drain (bounded), models close.
+// Errors from a callee are wrapped with its name ("load model %q: ...").
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/edge-agent/edge-agent/agent/config"
+	"github.com/edge-agent/edge-agent/agent/health"
+	"github.com/edge-agent/edge-agent/agent/infer"
+	"github.com/edge-agent/edge-agent/agent/link"
+	"github.com/edge-agent/edge-agent/agent/pipeline"
+	"github.com/edge-agent/edge-agent/agent/postprocess"
+	"github.com/edge-agent/edge-agent/agent/preprocess"
+	"github.com/edge-agent/edge-agent/agent/result"
+	"github.com/edge-agent/edge-agent/hal/accel"
+	"github.com/edge-agent/edge-agent/hal/board"
+	"github.com/edge-agent/edge-agent/hal/sensor"
+)
+
+// Version is the agent's version, set at link time (-X .../agent.Version=...).
+var Version = "dev"
+
+// Options are what the caller (cmd/edge-agent, tests) supplies besides the config.
+type Options struct {
+	Logger *slog.Logger
+	// Stdout receives results as JSON lines when the config asks for it (default os.Stdout).
+	Stdout io.Writer
+	// Sinks receive every result too (tests; the outbox later).
+	Sinks []pipeline.Sink
+	// HealthEvery is how often source health is refreshed (default 2s).
+	HealthEvery time.Duration
+}
+
+// Agent is a running edge-agent.
+type Agent struct {
+	cfg     *config.Config
+	log     *slog.Logger
+	health  *health.Tracker
+	hw      accel.Report
+	board   board.Info
+	engine  infer.Engine
+	pipe    *pipeline.Pipeline
+	runners []*sensor.Runner
+	models  map[string]infer.Model
+	every   time.Duration
+}
+
+// New builds the agent from a validated config. It fails only for configuration errors (a
+// source whose settings are wrong); a model that cannot load is reported and skipped.
+func New(cfg *config.Config, opt Options) (*Agent, error) {
+	log := opt.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	a := &Agent{
+		cfg:    cfg,
+		log:    log,
+		health: health.New(nil),
+		hw:     accel.Detect(cfg.HostRoot),
+		board:  board.Read(cfg.HostRoot),
+		models: map[string]infer.Model{},
+		every:  opt.HealthEvery,
+	}
+	if a.every <= 0 {
+		a.every = 2 * time.Second
+	}
+	eng, err := infer.Engines.New(cfg.Engine)
+	if err != nil {
+		a.health.Set(health.Condition{Code: "engine", Severity: health.Error, Component: "infer", Message: err.Error()})
+		log.Error("no inference engine: models will not load", "engine", cfg.Engine, "err", err)
+	}
+	a.engine = eng
+
+	sinks := slices.Clone(opt.Sinks)
+	if *cfg.Stdout {
+		w := opt.Stdout
+		if w == nil {
+			w = os.Stdout
+		}
+		sinks = append(sinks, pipeline.NewWriterSink(w))
+	}
+	a.pipe = pipeline.New(pipeline.Options{
+		Device:       cfg.Device,
+		Sink:         fanout(sinks),
+		Logger:       log,
+		DrainTimeout: cfg.ShutdownTimeout,
+	})
+
+	deps := sensor.Deps{MQTT: link.DialSubscriber, Root: cfg.HostRoot}
+	for i, s := range cfg.Sources {
+		src, err := sensor.Kinds.New(s, deps)
+		if err != nil {
+			return nil, fmt.Errorf("sources[%d]: %w", i, err)
+		}
+		r := sensor.NewRunner(s, src, sensor.RunnerOptions{Logger: log.With("source", s.Name)})
+		a.runners = append(a.runners, r)
+		a.pipe.AddSource(s.Name, r.Queue())
+	}
+
+	for _, m := range cfg.Models {
+		serving, err := a.loadModel(m)
+		code := "model/" + m.Name
+		if err != nil {
+			log.Error("model not loaded; the other models keep serving", "model", m.Name, "path", m.Path, "err", err)
+			a.health.Set(health.Condition{Code: code, Severity: health.Error, Component: "infer", Message: err.Error()})
+		} else {
+			info := serving.Model.Info()
+			log.Info("model loaded", "model", m.Name, "version", m.Version, "delegate", info.Delegate,
+				"threads", info.Threads, "inputs", shapes(info.Inputs), "outputs", shapes(info.Outputs))
+			if info.Fallback != "" {
+				log.Warn("delegate fallback", "model", m.Name, "requested", m.Delegate, "using", info.Delegate, "reason", info.Fallback)
+				a.health.Set(health.Condition{Code: "delegate/" + m.Name, Severity: health.Warning, Component: "infer",
+					Message: fmt.Sprintf("%s runs on %s: %s", m.Name, info.Delegate, info.Fallback)})
+			}
+		}
+		if err := a.pipe.AddModel(pipeline.ModelConfig{Name: m.Name, Sources: m.Sources, Workers: m.Workers, Queue: m.Queue}, serving); err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+// loadModel loads one configured model with its processing.
+func (a *Agent) loadModel(m config.Model) (*pipeline.Serving, error) {
+	if a.engine == nil {
+		return nil, infer.ErrNoEngine
+	}
+	s, err := LoadServing(a.engine, m, a.hw, a.log)
+	if err != nil {
+		return nil, err
+	}
+	a.models[m.Name] = s.Model.(infer.Model)
+	return s, nil
+}
+
+// LoadServing loads a model file and builds its pre- and post-processing from the spec.
+// The predict command uses it too, so a prediction goes through exactly the daemon's path.
+func LoadServing(eng infer.Engine, m config.Model, hw accel.Report, log *slog.Logger) (*pipeline.Serving, error) {
+	model, err := eng.LoadFile(m.Path, infer.Options{
+		Threads:          m.Threads,
+		Pool:             m.Workers,
+		Delegate:         m.Delegate,
+		EdgeTPUAvailable: hw.HasEdgeTPU(),
+		GPUAvailable:     slices.ContainsFunc(hw.GPU, func(g accel.GPU) bool { return g.Usable }),
+		Logf: func(f string, a ...any) {
+			if log != nil {
+				log.Debug(fmt.Sprintf(f, a...), "model", m.Name)
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	info := model.Info()
+	pre, err := preprocess.New(m.Spec, info.Inputs)
+	if err != nil {
+		model.Close()
+		return nil, fmt.Errorf("model %q: %w", m.Name, err)
+	}
+	post, err := postprocess.New(m.Spec.Output, info.Outputs, os.ReadFile)
+	if err != nil {
+		model.Close()
+		return nil, fmt.Errorf("model %q: %w", m.Name, err)
+	}
+	return &pipeline.Serving{Version: m.Version, Model: model, Pre: pre, Post: post}, nil
+}
+
+func shapes(ts []infer.TensorInfo) []string {
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		out[i] = fmt.Sprintf("%s%v", t.DType, t.Shape)
+	}
+	return out
+}
+
+// Run serves until ctx is cancelled; cancellation is a clean stop and returns nil.
+func (a *Agent) Run(ctx context.Context) error {
+	engine := "none"
+	if a.engine != nil {
+		engine = a.engine.Name() + " " + a.engine.Version()
+	}
+	a.log.Info("edge-agent starting", "version", Version, "device", a.cfg.Device, "board", a.board.Model,
+		"hardware", a.hw.Summary(), "engine", engine, "models", len(a.cfg.Models), "sources", len(a.cfg.Sources))
+
+	srcCtx, stopSources := context.WithCancel(ctx)
+	defer stopSources()
+	var wg sync.WaitGroup
+	pipeDone := make(chan error, 1)
+	go func() { pipeDone <- a.pipe.Run(ctx) }() // sinks and workers first
+	for _, r := range a.runners {               // then the sources
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.Run(srcCtx)
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.watchSources(srcCtx)
+	}()
+
+	<-ctx.Done()
+	stopSources()
+	wg.Wait()
+	err := <-pipeDone
+	for name, m := range a.models {
+		if cerr := m.Close(); cerr != nil {
+			a.log.Warn("close model", "model", name, "err", cerr)
+		}
+	}
+	for _, st := range a.pipe.Stats() {
+		a.log.Info("model stopped", "model", st.Name, "results", st.Results, "dropped", st.Dropped,
+			"errors", st.PreErrors+st.InferErrors+st.PostErrors+st.SinkErrors)
+	}
+	a.log.Info("edge-agent stopped")
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("pipeline: %w", err)
+	}
+	return nil
+}
+
+// watchSources turns runner state into health conditions.
+func (a *Agent) watchSources(ctx context.Context) {
+	t := time.NewTicker(a.every)
+	defer t.Stop()
+	for {
+		for _, r := range a.runners {
+			st := r.Stats()
+			code := "source/" + st.Name
+			if st.State == sensor.StateBackoff {
+				a.health.Set(health.Condition{Code: code, Severity: health.Warning, Component: "sensor",
+					Message: fmt.Sprintf("source %s (%s) is failing and being retried: %s", st.Name, st.Kind, st.LastError)})
+			} else {
+				a.health.Clear(code)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Health is the agent's condition tracker (the status page reads it).
+func (a *Agent) Health() *health.Tracker { return a.health }
+
+// Pipeline is the agent's pipeline (predict API, stats).
+func (a *Agent) Pipeline() *pipeline.Pipeline { return a.pipe }
+
+// SourceStats reports every source's runner statistics.
+func (a *Agent) SourceStats() []sensor.RunnerStats {
+	out := make([]sensor.RunnerStats, len(a.runners))
+	for i, r := range a.runners {
+		out[i] = r.Stats()
+	}
+	return out
+}
+
+// Hardware is what accelerator detection found.
+func (a *Agent) Hardware() accel.Report { return a.hw }
+
+// fanout sends a result to every sink; the first error is returned after all were tried.
+func fanout(sinks []pipeline.Sink) pipeline.Sink {
+	if len(sinks) == 1 {
+		return sinks[0]
+	}
+	return pipeline.FuncSink(func(ctx context.Context, r *result.Result) error {
+		var errs []error
+		for _, s := range sinks {
+			if err := s.Put(ctx, r); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		return errors.Join(errs...)
+	})
+}

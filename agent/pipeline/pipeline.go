@@ -1,0 +1,426 @@
+// Package pipeline moves frames one way: source queue → per-model queue → preprocess → infer →
+// postprocess → Result → Sink. It owns the goroutines that do so (a dispatcher per source, a
+// few workers per model), their bounded queues (drop-oldest, counted) and the per-model
+// statistics. Models are held behind an atomic pointer so a new version can replace a serving
+// one without dropping an inference: in-flight work finishes on the old one.
+//
+// pipeline declares the small interfaces it consumes (Preprocessor, Model, Postprocessor,
+// Sink); agent/agent.go plugs the stage packages in. It imports agent/infer (types),
+// agent/postprocess (its output type), agent/result and hal/sensor, and no other stage.
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/edge-agent/edge-agent/agent/infer"
+	"github.com/edge-agent/edge-agent/agent/postprocess"
+	"github.com/edge-agent/edge-agent/agent/result"
+	"github.com/edge-agent/edge-agent/hal/sensor"
+)
+
+// Preprocessor turns a frame into input tensors, reusing dst's buffers when it can.
+type Preprocessor interface {
+	Apply(f sensor.Frame, dst []infer.Tensor) ([]infer.Tensor, error)
+}
+
+// Model runs inference (agent/infer.Model satisfies it).
+type Model interface {
+	Info() infer.ModelInfo
+	Infer(ctx context.Context, in []infer.Tensor) ([]infer.Tensor, error)
+}
+
+// Postprocessor reads output tensors.
+type Postprocessor interface {
+	Apply(out []infer.Tensor) (postprocess.Output, error)
+}
+
+// Sink receives results. Put returns once the result is accepted (for the outbox: stored);
+// it may assign r.Seq. It is called from several workers at once.
+type Sink interface {
+	Put(ctx context.Context, r *result.Result) error
+}
+
+// Serving is one version of a model with its processing.
+type Serving struct {
+	Version string
+	Model   Model
+	Pre     Preprocessor
+	Post    Postprocessor
+}
+
+// ModelConfig configures how a model is served.
+type ModelConfig struct {
+	Name    string
+	Sources []string // source names feeding this model
+	Workers int      // concurrent inferences (default 1)
+	Queue   int      // frames waiting for this model (default 4); older ones are dropped
+}
+
+// Options of a pipeline.
+type Options struct {
+	Device string
+	Sink   Sink
+	Logger *slog.Logger
+	Now    func() time.Time
+	// DrainTimeout bounds how long Run waits for queued frames after the sources stop.
+	DrainTimeout time.Duration
+}
+
+// Pipeline joins sources to models to a sink.
+type Pipeline struct {
+	opt     Options
+	log     *slog.Logger
+	now     func() time.Time
+	models  map[string]*modelEntry
+	order   []string
+	sources map[string]*sensor.Queue
+	subs    map[string][]string // source → models
+	started atomic.Bool
+}
+
+type modelEntry struct {
+	cfg     ModelConfig
+	serving atomic.Pointer[Serving]
+	queue   *sensor.Queue
+	stats   modelStats
+}
+
+// New creates an empty pipeline.
+func New(opt Options) *Pipeline {
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	if opt.DrainTimeout <= 0 {
+		opt.DrainTimeout = 10 * time.Second
+	}
+	return &Pipeline{opt: opt, log: opt.Logger, now: opt.Now, models: map[string]*modelEntry{},
+		sources: map[string]*sensor.Queue{}, subs: map[string][]string{}}
+}
+
+// ErrUnknownModel is returned for a model name the pipeline does not serve.
+var ErrUnknownModel = errors.New("unknown model")
+
+// AddSource registers a source's queue (the pipeline is its only consumer).
+func (p *Pipeline) AddSource(name string, q *sensor.Queue) {
+	p.sources[name] = q
+}
+
+// AddModel registers a model; s may be nil when the model failed to load (it is then listed
+// with no version and frames for it are dropped and counted until one is set with Swap).
+func (p *Pipeline) AddModel(cfg ModelConfig, s *Serving) error {
+	if p.started.Load() {
+		return errors.New("pipeline: AddModel after Run")
+	}
+	if _, dup := p.models[cfg.Name]; dup {
+		return fmt.Errorf("pipeline: model %q added twice", cfg.Name)
+	}
+	cfg.Workers = max(cfg.Workers, 1)
+	if cfg.Queue <= 0 {
+		cfg.Queue = 4
+	}
+	e := &modelEntry{cfg: cfg, queue: sensor.NewQueue(cfg.Queue)}
+	if s != nil {
+		e.serving.Store(s)
+	}
+	p.models[cfg.Name] = e
+	p.order = append(p.order, cfg.Name)
+	for _, src := range cfg.Sources {
+		p.subs[src] = append(p.subs[src], cfg.Name)
+	}
+	return nil
+}
+
+// Swap makes s the serving version of a model and returns the previous one. Workers pick the
+// new version for their next frame; inferences already running finish on the old one, so
+// the caller may close the old model (its Close waits for them).
+func (p *Pipeline) Swap(name string, s *Serving) (*Serving, error) {
+	e, ok := p.models[name]
+	if !ok {
+		return nil, fmt.Errorf("%w %q", ErrUnknownModel, name)
+	}
+	return e.serving.Swap(s), nil
+}
+
+// Serving returns the current version of a model (nil if none).
+func (p *Pipeline) Serving(name string) *Serving {
+	if e, ok := p.models[name]; ok {
+		return e.serving.Load()
+	}
+	return nil
+}
+
+// ErrNoVersion means the model has no loaded version to serve.
+var ErrNoVersion = errors.New("model has no loaded version")
+
+// Process runs one frame through a model synchronously (the predict command and API use it).
+// dst may carry input buffers from a previous call; pass nil if unsure.
+func (p *Pipeline) Process(ctx context.Context, model string, f sensor.Frame) (*result.Result, error) {
+	e, ok := p.models[model]
+	if !ok {
+		return nil, fmt.Errorf("%w %q", ErrUnknownModel, model)
+	}
+	var w workerState
+	return p.process(ctx, e, f, &w)
+}
+
+// workerState holds buffers a worker reuses between frames.
+type workerState struct {
+	in []infer.Tensor
+}
+
+func (p *Pipeline) process(ctx context.Context, e *modelEntry, f sensor.Frame, w *workerState) (*result.Result, error) {
+	s := e.serving.Load()
+	if s == nil {
+		e.stats.noVersion.Add(1)
+		return nil, fmt.Errorf("model %q: %w", e.cfg.Name, ErrNoVersion)
+	}
+	start := p.now()
+	in, err := s.Pre.Apply(f, w.in)
+	if err != nil {
+		e.stats.preErrors.Add(1)
+		return nil, fmt.Errorf("model %q: preprocess frame %s#%d: %w", e.cfg.Name, f.Source, f.Seq, err)
+	}
+	w.in = in
+	out, err := s.Model.Infer(ctx, in)
+	if err != nil {
+		e.stats.inferErrors.Add(1)
+		return nil, fmt.Errorf("model %q: %w", e.cfg.Name, err)
+	}
+	po, err := s.Post.Apply(out)
+	if err != nil {
+		e.stats.postErrors.Add(1)
+		if errors.Is(err, postprocess.ErrNonFinite) {
+			e.stats.nonFinite.Add(1)
+		}
+		return nil, fmt.Errorf("model %q: postprocess: %w", e.cfg.Name, err)
+	}
+	lat := p.now().Sub(start)
+	e.stats.observe(lat)
+	return &result.Result{
+		Schema:     result.Schema,
+		Device:     p.opt.Device,
+		Model:      e.cfg.Name,
+		Version:    s.Version,
+		TS:         start.UTC(),
+		LatencyUS:  lat.Microseconds(),
+		Source:     f.Source,
+		FrameSeq:   f.Seq,
+		Outputs:    po.Outputs,
+		Classes:    classes(po.Classes),
+		Detections: detections(po.Detections),
+		Values:     po.Values,
+		InputRef:   f.Ref,
+	}, nil
+}
+
+func classes(in []postprocess.Class) []result.Class {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]result.Class, len(in))
+	for i, c := range in {
+		out[i] = result.Class{Index: c.Index, Label: c.Label, Score: c.Score}
+	}
+	return out
+}
+
+func detections(in []postprocess.Detection) []result.Detection {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]result.Detection, len(in))
+	for i, d := range in {
+		out[i] = result.Detection{Class: d.Class, Label: d.Label, Score: d.Score,
+			Box: result.Box{YMin: d.Box.YMin, XMin: d.Box.XMin, YMax: d.Box.YMax, XMax: d.Box.XMax}}
+	}
+	return out
+}
+
+// Run moves frames until ctx is cancelled. Then, with the sources stopping, it keeps taking
+// frames from their queues until each is closed (sensor.Runner closes its queue when it
+// returns), lets the models' queued frames finish, and returns; all of it bounded by
+// DrainTimeout, after which queued frames are abandoned.
+func (p *Pipeline) Run(ctx context.Context) error {
+	if p.started.Swap(true) {
+		return errors.New("pipeline: Run called twice")
+	}
+	for src := range p.subs {
+		if _, ok := p.sources[src]; !ok {
+			return fmt.Errorf("pipeline: a model reads source %q, which does not exist", src)
+		}
+	}
+	// Everything downstream outlives ctx until drained or the drain timer fires.
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	var workers sync.WaitGroup
+	for _, name := range p.order {
+		e := p.models[name]
+		for range e.cfg.Workers {
+			workers.Add(1)
+			go func() {
+				defer workers.Done()
+				p.work(workCtx, e)
+			}()
+		}
+	}
+	var dispatchers sync.WaitGroup
+	for name, q := range p.sources {
+		targets := p.subs[name]
+		dispatchers.Add(1)
+		go func() {
+			defer dispatchers.Done()
+			p.dispatch(workCtx, q, targets)
+		}()
+	}
+	<-ctx.Done()
+	drained := make(chan struct{})
+	go func() {
+		dispatchers.Wait()
+		for _, e := range p.models {
+			e.queue.Close()
+		}
+		workers.Wait()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+	case <-time.After(p.opt.DrainTimeout):
+		p.log.Warn("pipeline: drain timed out; abandoning queued frames", "timeout", p.opt.DrainTimeout)
+		cancelWork()
+		<-drained
+	}
+	return nil
+}
+
+// dispatch fans a source's frames out to the queues of the models that read it.
+func (p *Pipeline) dispatch(ctx context.Context, q *sensor.Queue, targets []string) {
+	for {
+		f, ok := q.Pop(ctx)
+		if !ok {
+			return
+		}
+		for _, m := range targets {
+			p.models[m].queue.Push(f)
+		}
+	}
+}
+
+func (p *Pipeline) work(ctx context.Context, e *modelEntry) {
+	var w workerState
+	// Repeated identical failures are logged once per interval, not per frame.
+	var lastLog time.Time
+	for {
+		f, ok := e.queue.Pop(ctx)
+		if !ok {
+			return
+		}
+		r, err := p.process(ctx, e, f, &w)
+		if err == nil {
+			err = p.opt.Sink.Put(ctx, r)
+			if err != nil {
+				e.stats.sinkErrors.Add(1)
+				err = fmt.Errorf("model %q: sink: %w", e.cfg.Name, err)
+			} else {
+				e.stats.results.Add(1)
+			}
+		}
+		if err != nil {
+			e.stats.setLastError(err, p.now())
+			if now := p.now(); now.Sub(lastLog) > 10*time.Second {
+				lastLog = now
+				p.log.Error("inference failed", "model", e.cfg.Name, "err", err)
+			}
+		}
+	}
+}
+
+// ModelStats are a model's counters since start.
+type ModelStats struct {
+	Name        string  `json:"name"`
+	Version     string  `json:"version"`
+	Delegate    string  `json:"delegate,omitempty"`
+	Fallback    string  `json:"fallback,omitempty"`
+	Results     uint64  `json:"results"`
+	PreErrors   uint64  `json:"preprocess_errors"`
+	InferErrors uint64  `json:"infer_errors"`
+	PostErrors  uint64  `json:"postprocess_errors"`
+	NonFinite   uint64  `json:"non_finite"`
+	SinkErrors  uint64  `json:"sink_errors"`
+	NoVersion   uint64  `json:"no_version"`
+	Dropped     uint64  `json:"dropped"`
+	QueueDepth  int     `json:"queue_depth"`
+	LatencyP50  float64 `json:"latency_p50_ms"`
+	LatencyP99  float64 `json:"latency_p99_ms"`
+	LastError   string  `json:"last_error,omitempty"`
+}
+
+type modelStats struct {
+	results, preErrors, inferErrors, postErrors, nonFinite, sinkErrors, noVersion atomic.Uint64
+
+	mu      sync.Mutex
+	lat     [256]float64 // ring of recent latencies in ms (bounded)
+	latN    int
+	lastErr string
+}
+
+func (s *modelStats) observe(d time.Duration) {
+	s.mu.Lock()
+	s.lat[s.latN%len(s.lat)] = float64(d.Microseconds()) / 1000
+	s.latN++
+	s.mu.Unlock()
+}
+
+func (s *modelStats) setLastError(err error, at time.Time) {
+	s.mu.Lock()
+	s.lastErr = at.UTC().Format(time.RFC3339) + " " + err.Error()
+	s.mu.Unlock()
+}
+
+func (s *modelStats) percentiles() (p50, p99 float64, lastErr string) {
+	s.mu.Lock()
+	n := min(s.latN, len(s.lat))
+	v := append([]float64(nil), s.lat[:n]...)
+	lastErr = s.lastErr
+	s.mu.Unlock()
+	if n == 0 {
+		return 0, 0, lastErr
+	}
+	sort.Float64s(v)
+	at := func(q float64) float64 { return v[int(math.Ceil(q*float64(n)))-1] }
+	return at(0.5), at(0.99), lastErr
+}
+
+// Stats reports every model's counters, in the order they were added.
+func (p *Pipeline) Stats() []ModelStats {
+	out := make([]ModelStats, 0, len(p.order))
+	for _, name := range p.order {
+		e := p.models[name]
+		qs := e.queue.Stats()
+		p50, p99, lastErr := e.stats.percentiles()
+		st := ModelStats{
+			Name: name, Results: e.stats.results.Load(), PreErrors: e.stats.preErrors.Load(),
+			InferErrors: e.stats.inferErrors.Load(), PostErrors: e.stats.postErrors.Load(),
+			NonFinite: e.stats.nonFinite.Load(), SinkErrors: e.stats.sinkErrors.Load(),
+			NoVersion: e.stats.noVersion.Load(), Dropped: qs.Dropped, QueueDepth: qs.Depth,
+			LatencyP50: p50, LatencyP99: p99, LastError: lastErr,
+		}
+		if s := e.serving.Load(); s != nil {
+			st.Version = s.Version
+			info := s.Model.Info()
+			st.Delegate, st.Fallback = info.Delegate, info.Fallback
+		}
+		out = append(out, st)
+	}
+	return out
+}

@@ -1,0 +1,54 @@
+// Package result defines the Result record that flows from the pipeline to the sinks (stdout,
+// the outbox, the status page). It is a plain data package: it imports nothing of agent/ or
+// hal/, so every stage can share the type without importing another stage.
+package result
+
+import "time"
+
+// Schema is the value of Result.Schema for this version of the record (docs/results.md).
+const Schema = "edge-agent/result/v1"
+
+// Result is one inference on one frame.
+type Result struct {
+	Schema  string `json:"schema"`
+	Device  string `json:"device"`
+	Model   string `json:"model"`
+	Version string `json:"version"`
+	Variant string `json:"variant,omitempty"`
+	// Seq is assigned by the sink that stores the result (per device, increasing).
+	Seq       uint64    `json:"seq"`
+	TS        time.Time `json:"ts"`
+	LatencyUS int64     `json:"latency_us"`
+	Source    string    `json:"source,omitempty"`
+	FrameSeq  uint64    `json:"frame_seq,omitempty"`
+
+	Outputs    [][]float64        `json:"outputs,omitempty"`
+	Classes    []Class            `json:"classes,omitempty"`
+	Detections []Detection        `json:"detections,omitempty"`
+	Values     map[string]float64 `json:"values,omitempty"`
+
+	InputRef string `json:"input_ref,omitempty"`
+}
+
+// Class is one scored class of a classification.
+type Class struct {
+	Index int     `json:"index"`
+	Label string  `json:"label,omitempty"`
+	Score float64 `json:"score"`
+}
+
+// Detection is one detected object; Box coordinates are fractions of the image in [0,1].
+type Detection struct {
+	Class int     `json:"class"`
+	Label string  `json:"label,omitempty"`
+	Score float64 `json:"score"`
+	Box   Box     `json:"box"`
+}
+
+// Box is ymin, xmin, ymax, xmax as TFLite_Detection_PostProcess orders them.
+type Box struct {
+	YMin float64 `json:"ymin"`
+	XMin float64 `json:"xmin"`
+	YMax float64 `json:"ymax"`
+	XMax float64 `json:"xmax"`
+}
