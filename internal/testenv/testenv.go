@@ -4,11 +4,14 @@
 package testenv
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Root is the repository root (the directory holding go.mod).
@@ -61,4 +64,82 @@ func GoTflite(t testing.TB, rel string) string {
 		t.Fatalf("go-tflite example file %s is missing: %v", p, err)
 	}
 	return p
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Broker is a Mosquitto process a test started on its own port.
+type Broker struct {
+	Port int
+	URL  string // tcp://127.0.0.1:port
+	conf string
+	cmd  *exec.Cmd
+	t    testing.TB
+}
+
+// Mosquitto starts a real Mosquitto broker on a free loopback port with extra config lines
+// (listener and persistence are set here) and stops it when the test ends. A missing
+// mosquitto binary fails the test with the command that installs it.
+func Mosquitto(t testing.TB, extra ...string) *Broker {
+	t.Helper()
+	bin, err := exec.LookPath("mosquitto")
+	if err != nil {
+		if _, serr := os.Stat("/usr/sbin/mosquitto"); serr != nil {
+			t.Fatal("mosquitto is not installed: run scripts/deps.sh (or apt-get install mosquitto)")
+		}
+		bin = "/usr/sbin/mosquitto"
+	}
+	b := &Broker{Port: FreePort(t), t: t}
+	b.URL = "tcp://127.0.0.1:" + strconv.Itoa(b.Port)
+	dir := t.TempDir()
+	b.conf = filepath.Join(dir, "mosquitto.conf")
+	lines := append([]string{
+		"listener " + strconv.Itoa(b.Port) + " 127.0.0.1",
+		"allow_anonymous true",
+		"persistence false",
+		"log_dest stderr",
+	}, extra...)
+	if err := os.WriteFile(b.conf, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b.cmd = exec.Command(bin, "-c", b.conf)
+	b.Start()
+	t.Cleanup(b.Stop)
+	return b
+}
+
+// Start (re)starts the broker and waits until it accepts connections.
+func (b *Broker) Start() {
+	b.t.Helper()
+	b.cmd = exec.Command(b.cmd.Path, b.cmd.Args[1:]...)
+	if err := b.cmd.Start(); err != nil {
+		b.t.Fatalf("start mosquitto: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(b.Port), 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b.t.Fatalf("mosquitto did not listen on port %d within 10s", b.Port)
+}
+
+// Stop kills the broker and waits for it.
+func (b *Broker) Stop() {
+	if b.cmd != nil && b.cmd.Process != nil && b.cmd.ProcessState == nil {
+		b.cmd.Process.Kill()
+		b.cmd.Wait()
+	}
 }

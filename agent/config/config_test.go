@@ -1,0 +1,67 @@
+package config_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edge-agent/edge-agent/agent/config"
+	_ "github.com/edge-agent/edge-agent/hal/sensor/all"
+)
+
+func TestDefaults(t *testing.T) {
+	c, err := config.Parse([]byte("models:\n  - {name: m, path: m.tflite}\n"), "/etc/edge-agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := c.Models[0]
+	for _, x := range []struct {
+		field     string
+		got, want any
+	}{
+		{"engine", c.Engine, "tflite"},
+		{"state_dir", c.StateDir, "/var/lib/edge-agent"},
+		{"stdout", *c.Stdout, true},
+		{"shutdown_timeout", c.ShutdownTimeout, 10 * time.Second},
+		{"models[0].delegate", m.Delegate, "auto"},
+		{"models[0].workers", m.Workers, 1},
+		{"models[0].queue", m.Queue, 4},
+		{"models[0].path (relative to the file)", m.Path, "/etc/edge-agent/m.tflite"},
+	} {
+		if x.got != x.want {
+			t.Errorf("%s: got %v; want %v", x.field, x.got, x.want)
+		}
+	}
+	if c.Device == "" {
+		t.Error("device defaulted to empty; want the host name")
+	}
+}
+
+func TestErrorsNameTheField(t *testing.T) {
+	for _, c := range []struct {
+		yaml, want string
+	}{
+		{"log: {level: loud}", "log.level"},
+		{"sources: [{name: a, kind: camera}]", `sources[0].kind: "camera" is not a source kind`},
+		{"sources: [{name: a, kind: synthetic}, {name: a, kind: synthetic}]", `sources[1].name: "a" is used twice`},
+		{"models: [{name: m}]", "models[0].path: is required"},
+		{"models: [{name: m, path: x, delegate: tpu}]", `models[0].delegate: "tpu" is not one of auto, cpu, xnnpack, edgetpu, gpu`},
+		{"models: [{name: m, path: x, sources: [cam]}]", `models[0].sources[0]: no source is named "cam"`},
+		{"models: [{name: m, path: x, input: {image: {resize: cubic}}}]", "models[0].input.image.resize"},
+		{"models: [{name: m, path: x, input: {image: {std: [0]}}}]", "models[0].input.image.std[0]: must not be 0"},
+		{"models: [{name: m, path: x, output: {kind: segmentation}}]", "models[0].output.kind"},
+		{"modles: []", "field modles not found"},
+		{"device: a/b", "device"},
+	} {
+		_, err := config.Parse([]byte(c.yaml), "")
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: err = %v; want it to contain %q", c.yaml, err, c.want)
+		}
+	}
+}
+
+func TestEmptyFileIsAllDefaults(t *testing.T) {
+	if _, err := config.Parse(nil, ""); err != nil {
+		t.Fatalf("empty config: %v", err)
+	}
+}

@@ -1,0 +1,119 @@
+package depcheck
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/edge-agent/edge-agent/internal/testenv"
+)
+
+const mod = "github.com/edge-agent/edge-agent/"
+
+type pkg struct {
+	ImportPath string
+	Imports    []string
+	GoFiles    []string
+	Dir        string
+}
+
+func list(t *testing.T, env ...string) []pkg {
+	t.Helper()
+	cmd := exec.Command("go", "list", "-json", "./...")
+	cmd.Dir = testenv.Root(t)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	var pkgs []pkg
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for dec.More() {
+		var p pkg
+		if err := dec.Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	return pkgs
+}
+
+func rel(p string) string { return strings.TrimPrefix(p, mod) }
+
+func TestImportRules(t *testing.T) {
+	stages := []string{"agent/preprocess", "agent/infer/tflite", "agent/postprocess", "agent/outbox", "agent/link", "agent/drift"}
+	owners := map[string]string{
+		"github.com/mattn/go-tflite":          "agent/infer/tflite",
+		"github.com/eclipse/paho.mqtt.golang": "agent/link",
+		"go.etcd.io/bbolt":                    "agent/outbox",
+	}
+	for _, p := range list(t) {
+		me := rel(p.ImportPath)
+		for _, imp := range p.Imports {
+			dep := rel(imp)
+			if (strings.HasPrefix(me, "hal/") || strings.HasPrefix(me, "models/")) && strings.HasPrefix(dep, "agent") {
+				t.Errorf("%s imports %s: hal and models must not import agent", me, dep)
+			}
+			for _, s := range stages {
+				if strings.HasPrefix(me, s) && dep != s && !strings.HasPrefix(dep, s+"/") {
+					for _, other := range stages {
+						if other != s && (dep == other || strings.HasPrefix(dep, other+"/")) {
+							t.Errorf("stage %s imports stage %s: join them in agent/pipeline or agent/agent.go", me, dep)
+						}
+					}
+				}
+			}
+			for lib, owner := range owners {
+				if (imp == lib || strings.HasPrefix(imp, lib+"/")) && me != owner {
+					t.Errorf("%s imports %s; only %s may", me, imp, owner)
+				}
+			}
+			if strings.HasPrefix(me, "agent/") && strings.HasPrefix(dep, "cmd/") {
+				t.Errorf("%s imports %s: dependencies point from cmd to agent", me, dep)
+			}
+		}
+	}
+}
+
+// Only agent/status may run an HTTP server; other packages may be HTTP clients.
+func TestOneHTTPServer(t *testing.T) {
+	root := testenv.Root(t)
+	for _, p := range list(t) {
+		if rel(p.ImportPath) == "agent/status" {
+			continue
+		}
+		for _, f := range p.GoFiles {
+			b, err := os.ReadFile(filepath.Join(p.Dir, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range []string{"http.Server{", "ListenAndServe(", "http.Serve("} {
+				if bytes.Contains(b, []byte(s)) {
+					r, _ := filepath.Rel(root, filepath.Join(p.Dir, f))
+					t.Errorf("%s uses %s: the HTTP server lives in agent/status only", r, s)
+				}
+			}
+		}
+	}
+}
+
+// Everything but the engine builds without cgo, and then the engine package is empty.
+func TestBuildsWithoutCgo(t *testing.T) {
+	cmd := exec.Command("go", "build", "./...")
+	cmd.Dir = testenv.Root(t)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("CGO_ENABLED=0 go build ./...: %v\n%s", err, out)
+	}
+	for _, p := range list(t, "CGO_ENABLED=0") {
+		for _, imp := range p.Imports {
+			if imp == "github.com/mattn/go-tflite" {
+				t.Errorf("%s imports go-tflite in a CGO_ENABLED=0 build", rel(p.ImportPath))
+			}
+		}
+	}
+}
