@@ -55,6 +55,20 @@ output: {kind: detection, labels_file: `+testenv.Shared(t, "ssd_labelmap.txt")+`
 	}
 }
 
+// With no spec, a quantised uint8 input is fed the pixel bytes as they are (its own scale and
+// zero point say so), and the raw outputs already hold a confident detection.
+func TestPredictQuantisedImageWithoutSpec(t *testing.T) {
+	code, out, errOut := cli(t, "predict", "--model", testenv.Shared(t, "ssd_mobilenet_detect.tflite"),
+		"--input", testenv.Shared(t, "ssd_example.jpg"), "--json")
+	var r result.Result
+	if code != 0 || json.Unmarshal([]byte(out), &r) != nil || len(r.Outputs) != 4 {
+		t.Fatalf("exit %d out %q err %q", code, out, errOut)
+	}
+	if top := r.Outputs[2][0]; top < 0.5 {
+		t.Fatalf("top detection score %.3f; want ≥ 0.5 (scores %v)", top, r.Outputs[2])
+	}
+}
+
 func TestPredictNumbersFromJSON(t *testing.T) {
 	in := filepath.Join(t.TempDir(), "x.json")
 	os.WriteFile(in, []byte("[[1, 0]]"), 0o644)

@@ -44,7 +44,9 @@ const (
 type Image struct {
 	Resize string `yaml:"resize,omitempty" json:"resize,omitempty"` // nearest | bilinear | area (default bilinear)
 	Color  string `yaml:"color,omitempty" json:"color,omitempty"`   // rgb | grey | bgr ("" = from the channel count)
-	// Mean and Std are per channel (one value applies to all). Defaults 0 and 1.
+	// Mean and Std are per channel (one value applies to all). Defaults 0 and 1, except for a
+	// quantised uint8/int8 input with neither given: then the pixel bytes are fed as they are
+	// (q = p, or p-128 for int8), which is what quantised image models expect.
 	Mean []float64 `yaml:"mean,omitempty" json:"mean,omitempty"`
 	Std  []float64 `yaml:"std,omitempty" json:"std,omitempty"`
 	// Invert maps p to 255-p before normalising (white-on-black vs black-on-white digits).
