@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -283,6 +284,7 @@ models:
 }
 
 func TestShutdownIsCleanAndDrains(t *testing.T) {
+	before := runtime.NumGoroutine()
 	r := start(t, `
 sources:
   - {name: sweep, kind: synthetic, rate: 500, synthetic: {wave: sine, phase: true, offset: -3.14159}}
@@ -307,5 +309,14 @@ models:
 	}
 	if !strings.Contains(r.logs.String(), "edge-agent stopped") {
 		t.Errorf("no stop line in the log:\n%s", r.logs.String())
+	}
+	// Every goroutine the agent started has ended.
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			t.Fatalf("goroutines %d before, %d after stop:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

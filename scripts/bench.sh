@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# make bench: speed and memory figures, each against a baseline measured in the same run.
+#  1. Per model (mnist, SSD, text_classification): the full pipeline (preprocess + invoke +
+#     postprocess) vs a bare go-tflite loop on the same decoded frame; rates and ratio, and
+#     the source's decode time apart.
+#  2. Preprocess and postprocess micro-benchmarks (time and allocations).
+#  3. Peak RSS (VmHWM) of `edge-agent run` serving the SSD model on a looping camera file,
+#     against the same binary with no model loaded.
+# Results go to stdout and .bench/; record them in docs/benchmarks.md with machine and date.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+prefix=$(scripts/tflite-prefix.sh)
+export CGO_ENABLED=1 CGO_CFLAGS="-I$prefix/include" CGO_LDFLAGS="-L$prefix/lib -Wl,-rpath,$prefix/lib"
+out=.bench
+mkdir -p "$out"
+shared=$(cd .. && pwd)/shared/testdata
+[ -d "$shared" ] || { echo "bench: $shared is missing (the shared test data beside the checkout)" >&2; exit 1; }
+
+echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(date -u +%Y-%m-%d) =="
+echo "== 1. pipeline vs bare go-tflite invoke (same decoded frame, interleaved, XNNPACK, 2 threads) =="
+go test -run '^$' -bench PipelineVsBareInvoke -benchtime "${BENCHTIME:-5s}" -count 1 ./agent/infer/tflite 2>/dev/null \
+  | grep -E '^Benchmark' | tee "$out/pipeline.txt" \
+  | awk '{ for (i=3;i<=NF;i+=2) v[$(i+1)]=$i;
+           printf "%-40s bare %9.1f/s  pipeline %9.1f/s  ratio %.3f  decode %s µs\n", $1, v["bare/s"], v["pipeline/s"], v["ratio"], v["decode-µs"] }'
+
+echo "== 2. preprocess / postprocess =="
+go test -run '^$' -bench . -benchmem -count 1 ./agent/preprocess ./agent/postprocess 2>/dev/null | grep -E '^Benchmark' | tee "$out/stages.txt"
+
+echo "== 3. peak RSS of edge-agent run =="
+cat > "$out/ssd.yaml" <<YAML
+device: bench
+stdout: false
+log: {level: warn}
+sources:
+  - {name: cam, kind: file, rate: 10, file: {path: $shared/ssd_example.jpg, loop: true}}
+models:
+  - name: ssd
+    path: $shared/ssd_mobilenet_detect.tflite
+    sources: [cam]
+    input: {image: {mean: [127.5], std: [127.5]}}
+    output: {kind: detection, labels_file: $shared/ssd_labelmap.txt, label_offset: 1}
+YAML
+cat > "$out/idle.yaml" <<YAML
+device: bench
+stdout: false
+log: {level: warn}
+sources:
+  - {name: cam, kind: file, rate: 10, file: {path: $shared/ssd_example.jpg, loop: true}}
+YAML
+peak() { # config seconds → peak RSS in kB
+  ./bin/edge-agent run --config "$1" >/dev/null 2>"$out/$(basename "$1" .yaml).log" &
+  local pid=$!
+  sleep "$2"
+  local hwm; hwm=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
+  kill -TERM $pid; wait $pid || true
+  echo "$hwm"
+}
+secs=${RSS_SECONDS:-15}
+idle=$(peak "$out/idle.yaml" "$secs")
+ssd=$(peak "$out/ssd.yaml" "$secs")
+awk -v i="$idle" -v s="$ssd" -v secs="$secs" 'BEGIN {
+  printf "idle agent (camera source, no model)  peak RSS %6.1f MB\n", i/1024
+  printf "agent serving SSD (%s s, 10 frames/s)  peak RSS %6.1f MB  (goal <= 60 MB; %.2fx idle)\n", secs, s/1024, s/i
+}' | tee "$out/rss.txt"
