@@ -40,6 +40,8 @@ lint:
 test: deps lint
 	$(CGO_ENV) $(GO) test -race -count=1 -timeout 20m ./...
 	$(CGO_ENV) $(GO) test -race -count=1 -tags tflite_gpu -run 'Delegate' ./agent/infer/tflite
+	# Allocation counts are only meaningful without the race detector (it makes sync.Pool drop items).
+	$(CGO_ENV) $(GO) test -count=1 -run 'TestApplyReusesDst' ./agent/preprocess
 
 bench: deps build
 	@scripts/bench.sh

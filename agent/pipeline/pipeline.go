@@ -88,6 +88,7 @@ type Pipeline struct {
 
 type modelEntry struct {
 	cfg     ModelConfig
+	states  sync.Pool // *workerState for Process callers, so their input buffers are reused
 	serving atomic.Pointer[Serving]
 	queue   *sensor.Queue
 	stats   modelStats
@@ -130,6 +131,7 @@ func (p *Pipeline) AddModel(cfg ModelConfig, s *Serving) error {
 		cfg.Queue = 4
 	}
 	e := &modelEntry{cfg: cfg, queue: sensor.NewQueue(cfg.Queue)}
+	e.states.New = func() any { return new(workerState) }
 	if s != nil {
 		e.serving.Store(s)
 	}
@@ -164,14 +166,15 @@ func (p *Pipeline) Serving(name string) *Serving {
 var ErrNoVersion = errors.New("model has no loaded version")
 
 // Process runs one frame through a model synchronously (the predict command and API use it).
-// dst may carry input buffers from a previous call; pass nil if unsure.
+// It is safe for concurrent use.
 func (p *Pipeline) Process(ctx context.Context, model string, f sensor.Frame) (*result.Result, error) {
 	e, ok := p.models[model]
 	if !ok {
 		return nil, fmt.Errorf("%w %q", ErrUnknownModel, model)
 	}
-	var w workerState
-	return p.process(ctx, e, f, &w)
+	w := e.states.Get().(*workerState)
+	defer e.states.Put(w)
+	return p.process(ctx, e, f, w)
 }
 
 // workerState holds buffers a worker reuses between frames.

@@ -201,7 +201,14 @@ func BenchmarkPipelineVsBareInvoke(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			const block = 10
+			// Blocks of about 100 ms each: XNNPACK's worker threads spin for a while after a
+			// call, so switching loops every few calls would let one interpreter's idle pool
+			// slow the other loop down.
+			calls := 0
+			for s0 := time.Now(); time.Since(s0) < 50*time.Millisecond; calls++ {
+				x.run(in[0].Data)
+			}
+			block := max(2, 2*calls)
 			var tBare, tPipe time.Duration
 			n := 0
 			b.ResetTimer()
