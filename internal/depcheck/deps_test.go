@@ -117,3 +117,22 @@ func TestBuildsWithoutCgo(t *testing.T) {
 		}
 	}
 }
+
+// A binary built without cgo still runs and says clearly that it has no inference engine.
+func TestNoCgoBinarySaysNoEngine(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "edge-agent")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/edge-agent")
+	build.Dir = testenv.Root(t)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("CGO_ENABLED=0 go build: %v\n%s", err, out)
+	}
+	out, err := exec.Command(bin, "version").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "no inference engine") {
+		t.Errorf("version: %v\n%s\nwant it to say there is no inference engine", err, out)
+	}
+	out, err = exec.Command(bin, "predict", "--model", "m.tflite", "--input", testenv.Shared(t, "mnist_digit_1.png")).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "no inference engine in this build") || !strings.Contains(string(out), "CGO_ENABLED=1") {
+		t.Errorf("predict: %v\n%s\nwant a failure saying how to get an engine", err, out)
+	}
+}
