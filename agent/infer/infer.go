@@ -12,8 +12,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"sort"
 	"strings"
+
+	"github.com/edge-agent/edge-agent/internal/registry"
 )
 
 // DType is a tensor element type.
@@ -370,33 +371,14 @@ var (
 type Factory func() (Engine, error)
 
 // Registry maps engine names to factories. Filled from init functions, read-only after.
-type Registry struct{ m map[string]Factory }
+type Registry struct{ *registry.Registry[Factory] }
 
 // Engines is the process-wide registry engines add themselves to from init.
-// It is written only during package initialisation.
-var Engines = &Registry{m: map[string]Factory{}}
-
-// Register adds an engine; it panics on a duplicate name (a programming error at init).
-func (r *Registry) Register(name string, f Factory) {
-	if _, dup := r.m[name]; dup {
-		panic("infer: engine registered twice: " + name)
-	}
-	r.m[name] = f
-}
-
-// Names lists registered engines.
-func (r *Registry) Names() []string {
-	var n []string
-	for k := range r.m {
-		n = append(n, k)
-	}
-	sort.Strings(n)
-	return n
-}
+var Engines = Registry{registry.New[Factory]("engine")}
 
 // New creates the named engine, or ErrNoEngine.
-func (r *Registry) New(name string) (Engine, error) {
-	f, ok := r.m[name]
+func (r Registry) New(name string) (Engine, error) {
+	f, ok := r.Lookup(name)
 	if !ok {
 		return nil, fmt.Errorf("engine %q: %w", name, ErrNoEngine)
 	}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"math"
 	"testing"
+
+	"github.com/edge-agent/edge-agent/internal/registry"
 )
 
 func TestValuesRoundTripPerDType(t *testing.T) {
@@ -64,7 +66,7 @@ func TestCheckInputs(t *testing.T) {
 }
 
 func TestRegistryWithoutEngine(t *testing.T) {
-	r := &Registry{m: map[string]Factory{}}
+	r := Registry{registry.New[Factory]("engine")}
 	if _, err := r.New("tflite"); !errors.Is(err, ErrNoEngine) {
 		t.Fatalf("err = %v; want ErrNoEngine", err)
 	}

@@ -220,34 +220,11 @@ func (p *Pipeline) process(ctx context.Context, e *modelEntry, f sensor.Frame, w
 		Source:     f.Source,
 		FrameSeq:   f.Seq,
 		Outputs:    po.Outputs,
-		Classes:    classes(po.Classes),
-		Detections: detections(po.Detections),
+		Classes:    po.Classes,
+		Detections: po.Detections,
 		Values:     po.Values,
 		InputRef:   f.Ref,
 	}, nil
-}
-
-func classes(in []postprocess.Class) []result.Class {
-	if len(in) == 0 {
-		return nil
-	}
-	out := make([]result.Class, len(in))
-	for i, c := range in {
-		out[i] = result.Class{Index: c.Index, Label: c.Label, Score: c.Score}
-	}
-	return out
-}
-
-func detections(in []postprocess.Detection) []result.Detection {
-	if len(in) == 0 {
-		return nil
-	}
-	out := make([]result.Detection, len(in))
-	for i, d := range in {
-		out[i] = result.Detection{Class: d.Class, Label: d.Label, Score: d.Score,
-			Box: result.Box{YMin: d.Box.YMin, XMin: d.Box.XMin, YMax: d.Box.YMax, XMax: d.Box.XMax}}
-	}
-	return out
 }
 
 // Run moves frames until ctx is cancelled. Then, with the sources stopping, it keeps taking

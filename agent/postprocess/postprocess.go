@@ -18,6 +18,7 @@ import (
 	"strings"
 
 	"github.com/edge-agent/edge-agent/agent/infer"
+	"github.com/edge-agent/edge-agent/agent/result"
 	"github.com/edge-agent/edge-agent/models/spec"
 )
 
@@ -35,28 +36,17 @@ type Output struct {
 	Outputs    [][]float64        `json:"outputs,omitempty"` // raw, dequantised, one slice per output tensor
 }
 
-// Class is one entry of a classification's top-k.
-type Class struct {
-	Index int     `json:"index"`
-	Label string  `json:"label,omitempty"`
-	Score float64 `json:"score"`
-}
-
-// Detection is one object found by a detection model.
-type Detection struct {
-	Class int     `json:"class"` // class index as the model gives it (before LabelOffset)
-	Label string  `json:"label,omitempty"`
-	Score float64 `json:"score"`
-	Box   Box     `json:"box"`
-}
-
-// Box is a detection's bounding box in coordinates relative to the picture (0..1), clamped.
-type Box struct {
-	YMin float64 `json:"ymin"`
-	XMin float64 `json:"xmin"`
-	YMax float64 `json:"ymax"`
-	XMax float64 `json:"xmax"`
-}
+// The scored items are the result record's own types (agent/result), so the pipeline hands
+// them on without copying.
+type (
+	// Class is one entry of a classification's top-k.
+	Class = result.Class
+	// Detection is one object found by a detection model; Class is the model's index
+	// (before LabelOffset).
+	Detection = result.Detection
+	// Box is a detection's bounding box relative to the picture (0..1), clamped.
+	Box = result.Box
+)
 
 // Postprocessor turns output tensors into an Output for one model. It is immutable after New
 // and safe for concurrent use.

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/edge-agent/edge-agent/agent/infer"
+	"github.com/edge-agent/edge-agent/internal/testenv"
 	"github.com/edge-agent/edge-agent/models/spec"
 )
 
@@ -66,31 +67,31 @@ func TestClassification(t *testing.T) {
 		want []Class
 	}{
 		{"top-1 by default", spec.Classification{}, spec.Output{Labels: labels}, logits, infer.Quant{},
-			[]Class{{1, "one", 3}}},
+			[]Class{{Index: 1, Label: "one", Score: 3}}},
 		{"top-3 sorted", spec.Classification{TopK: 3}, spec.Output{Labels: labels}, logits, infer.Quant{},
-			[]Class{{1, "one", 3}, {2, "two", 2}, {0, "zero", 1}}},
+			[]Class{{Index: 1, Label: "one", Score: 3}, {Index: 2, Label: "two", Score: 2}, {Index: 0, Label: "zero", Score: 1}}},
 		{"top-k capped at the class count", spec.Classification{TopK: 10}, spec.Output{}, logits, infer.Quant{},
-			[]Class{{1, "", 3}, {2, "", 2}, {0, "", 1}, {3, "", 0}}},
+			[]Class{{Index: 1, Label: "", Score: 3}, {Index: 2, Label: "", Score: 2}, {Index: 0, Label: "", Score: 1}, {Index: 3, Label: "", Score: 0}}},
 		{"softmax", spec.Classification{TopK: 2, Softmax: true}, spec.Output{}, logits, infer.Quant{},
-			[]Class{{1, "", e[1] / sum}, {2, "", e[2] / sum}}},
+			[]Class{{Index: 1, Label: "", Score: e[1] / sum}, {Index: 2, Label: "", Score: e[2] / sum}}},
 		{"softmax of huge logits stays finite", spec.Classification{TopK: 2, Softmax: true}, spec.Output{}, f32([]int{1, 2}, 1000, 999), infer.Quant{},
-			[]Class{{0, "", 1 / (1 + math.Exp(-1))}, {1, "", math.Exp(-1) / (1 + math.Exp(-1))}}},
+			[]Class{{Index: 0, Label: "", Score: 1 / (1 + math.Exp(-1))}, {Index: 1, Label: "", Score: math.Exp(-1) / (1 + math.Exp(-1))}}},
 		{"threshold drops low scores", spec.Classification{TopK: 4, Threshold: 1.5}, spec.Output{}, logits, infer.Quant{},
-			[]Class{{1, "", 3}, {2, "", 2}}},
+			[]Class{{Index: 1, Label: "", Score: 3}, {Index: 2, Label: "", Score: 2}}},
 		{"threshold compares at the scores' float32 precision", spec.Classification{TopK: 2, Threshold: 0.3}, spec.Output{}, f32([]int{1, 3}, 0.1, 0.3, 0.2999), infer.Quant{},
-			[]Class{{1, "", float64(float32(0.3))}}},
+			[]Class{{Index: 1, Label: "", Score: float64(float32(0.3))}}},
 		{"threshold may drop everything", spec.Classification{Threshold: 5}, spec.Output{}, logits, infer.Quant{},
 			[]Class{}},
 		{"label offset", spec.Classification{TopK: 2}, spec.Output{Labels: []string{"background", "zero", "one", "two", "three"}, LabelOffset: 1}, logits, infer.Quant{},
-			[]Class{{1, "one", 3}, {2, "two", 2}}},
+			[]Class{{Index: 1, Label: "one", Score: 3}, {Index: 2, Label: "two", Score: 2}}},
 		{"labels too short give no label", spec.Classification{TopK: 2}, spec.Output{Labels: []string{"zero", "one"}, LabelOffset: 1}, logits, infer.Quant{},
-			[]Class{{1, "", 3}, {2, "", 2}}},
+			[]Class{{Index: 1, Label: "", Score: 3}, {Index: 2, Label: "", Score: 2}}},
 		{"ties keep index order", spec.Classification{TopK: 3}, spec.Output{}, f32([]int{1, 4}, 1, 5, 5, 5), infer.Quant{},
-			[]Class{{1, "", 5}, {2, "", 5}, {3, "", 5}}},
+			[]Class{{Index: 1, Label: "", Score: 5}, {Index: 2, Label: "", Score: 5}, {Index: 3, Label: "", Score: 5}}},
 		{"quantised uint8 scores", spec.Classification{TopK: 2}, spec.Output{}, infer.FromUint8([]int{1, 3}, []uint8{0, 255, 128}), infer.Quant{Scale: 1.0 / 256},
-			[]Class{{1, "", 255.0 / 256}, {2, "", 0.5}}},
+			[]Class{{Index: 1, Label: "", Score: 255.0 / 256}, {Index: 2, Label: "", Score: 0.5}}},
 		{"quantised int8 with zero point", spec.Classification{TopK: 1}, spec.Output{}, infer.Tensor{DType: infer.Int8, Shape: []int{1, 3}, Data: []byte{0x80, 0x7f, 0}}, infer.Quant{Scale: 0.5, ZeroPoint: -128},
-			[]Class{{1, "", 127.5}}},
+			[]Class{{Index: 1, Label: "", Score: 127.5}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.s.Kind = spec.OutputClassification
@@ -169,24 +170,24 @@ func TestDetection(t *testing.T) {
 		{"default threshold 0.5, sorted by score, boxes clamped", spec.Detection{},
 			[]float32{0, 2, 1, 0, 0}, []float32{0.6, 0.9, 0.4, 0.5, 0.2}, 5,
 			[]Detection{
-				{2, "car", 0.9, Box{0, 0.3, 1, 0.9}},
-				{0, "person", 0.6, Box{0.1, 0.2, 0.5, 0.6}},
-				{0, "person", 0.5, Box{0, 0, 1, 1}},
+				{Class: 2, Label: "car", Score: 0.9, Box: Box{YMin: 0, XMin: 0.3, YMax: 1, XMax: 0.9}},
+				{Class: 0, Label: "person", Score: 0.6, Box: Box{YMin: 0.1, XMin: 0.2, YMax: 0.5, XMax: 0.6}},
+				{Class: 0, Label: "person", Score: 0.5, Box: Box{YMin: 0, XMin: 0, YMax: 1, XMax: 1}},
 			}},
 		{"count smaller than N ignores the rest", spec.Detection{},
 			[]float32{0, 2, 1, 0, 0}, []float32{0.6, 0.9, 0.8, 0.95, 0.99}, 2,
-			[]Detection{{2, "car", 0.9, Box{0, 0.3, 1, 0.9}}, {0, "person", 0.6, Box{0.1, 0.2, 0.5, 0.6}}}},
+			[]Detection{{Class: 2, Label: "car", Score: 0.9, Box: Box{YMin: 0, XMin: 0.3, YMax: 1, XMax: 0.9}}, {Class: 0, Label: "person", Score: 0.6, Box: Box{YMin: 0.1, XMin: 0.2, YMax: 0.5, XMax: 0.6}}}},
 		{"count above N is capped; float32 0.95 passes 0.95", spec.Detection{ScoreThreshold: 0.95},
 			[]float32{0, 2, 1, 0, 0}, []float32{0.6, 0.9, 0.8, 0.95, 0.99}, 50,
-			[]Detection{{0, "person", 0.99, Box{0.4, 0.4, 0.6, 0.6}}, {0, "person", 0.95, Box{0, 0, 1, 1}}}},
+			[]Detection{{Class: 0, Label: "person", Score: 0.99, Box: Box{YMin: 0.4, XMin: 0.4, YMax: 0.6, XMax: 0.6}}, {Class: 0, Label: "person", Score: 0.95, Box: Box{YMin: 0, XMin: 0, YMax: 1, XMax: 1}}}},
 		{"negative count is none", spec.Detection{},
 			[]float32{0, 0, 0, 0, 0}, []float32{1, 1, 1, 1, 1}, -3, []Detection{}},
 		{"score threshold and max detections", spec.Detection{ScoreThreshold: 0.3, MaxDetections: 2},
 			[]float32{0, 2, 1, 0, 0}, []float32{0.6, 0.9, 0.4, 0.5, 0.2}, 5,
-			[]Detection{{2, "car", 0.9, Box{0, 0.3, 1, 0.9}}, {0, "person", 0.6, Box{0.1, 0.2, 0.5, 0.6}}}},
+			[]Detection{{Class: 2, Label: "car", Score: 0.9, Box: Box{YMin: 0, XMin: 0.3, YMax: 1, XMax: 0.9}}, {Class: 0, Label: "person", Score: 0.6, Box: Box{YMin: 0.1, XMin: 0.2, YMax: 0.5, XMax: 0.6}}}},
 		{"class outside the labels gets no label", spec.Detection{},
 			[]float32{89, -1, 3, 0, 0}, []float32{0.9, 0.8, 0.7, 0, 0}, 5,
-			[]Detection{{89, "", 0.9, Box{0.1, 0.2, 0.5, 0.6}}, {-1, "???", 0.8, Box{0, 0.3, 1, 0.9}}, {3, "", 0.7, Box{0.2, 0.2, 0.3, 0.3}}}},
+			[]Detection{{Class: 89, Label: "", Score: 0.9, Box: Box{YMin: 0.1, XMin: 0.2, YMax: 0.5, XMax: 0.6}}, {Class: -1, Label: "???", Score: 0.8, Box: Box{YMin: 0, XMin: 0.3, YMax: 1, XMax: 0.9}}, {Class: 3, Label: "", Score: 0.7, Box: Box{YMin: 0.2, XMin: 0.2, YMax: 0.3, XMax: 0.3}}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := mustNew(t, spec.Output{Kind: spec.OutputDetection, Labels: coco, LabelOffset: 1, Detection: tc.d}, ssdOutputs(5))
@@ -230,7 +231,7 @@ func TestDetectionTensorOrder(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
-	want := []Detection{{5, "", 0.8, Box{0.5, 0.5, 1, 1}}, {4, "", 0.7, Box{0, 0, 0.5, 0.5}}}
+	want := []Detection{{Class: 5, Label: "", Score: 0.8, Box: Box{YMin: 0.5, XMin: 0.5, YMax: 1, XMax: 1}}, {Class: 4, Label: "", Score: 0.7, Box: Box{YMin: 0, XMin: 0, YMax: 0.5, XMax: 0.5}}}
 	if !detectionsNear(got.Detections, want) {
 		t.Errorf("got %v; want %v", got.Detections, want)
 	}
@@ -369,7 +370,7 @@ func TestNewErrors(t *testing.T) {
 func TestJSON(t *testing.T) {
 	o := Output{
 		Classes:    []Class{{Index: 3, Label: "cat", Score: 0.5}, {Index: 4, Score: 0.25}},
-		Detections: []Detection{{Class: 0, Label: "person", Score: 0.75, Box: Box{0.1, 0.2, 0.3, 0.4}}},
+		Detections: []Detection{{Class: 0, Label: "person", Score: 0.75, Box: Box{YMin: 0.1, XMin: 0.2, YMax: 0.3, XMax: 0.4}}},
 		Values:     map[string]float64{"y": 1.5},
 	}
 	b, err := json.Marshal(o)
@@ -388,7 +389,7 @@ func TestJSON(t *testing.T) {
 // TestRealSSDLabelMap reads the COCO label map the SSD model ships with: class 0 is
 // "person" with label_offset 1 because line 0 is "???".
 func TestRealSSDLabelMap(t *testing.T) {
-	dir := testdataDir(t)
+	dir := testenv.SharedDir(t)
 	read := func(name string) ([]byte, error) { return os.ReadFile(filepath.Join(dir, name)) }
 	p, err := New(spec.Output{Kind: spec.OutputDetection, LabelsFile: "ssd_labelmap.txt", LabelOffset: 1}, ssdOutputs(10), read)
 	if err != nil {
@@ -409,29 +410,6 @@ func TestRealSSDLabelMap(t *testing.T) {
 	if len(got.Detections) != 2 || got.Detections[0].Label != "person" || got.Detections[1].Label != "car" {
 		t.Errorf("got %v; want person then car", got.Detections)
 	}
-}
-
-func testdataDir(t testing.TB) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatalf("getwd: %v", err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatalf("no go.mod above the test directory; cannot locate ../shared/testdata")
-		}
-		dir = parent
-	}
-	td := filepath.Join(dir, "..", "shared", "testdata")
-	if _, err := os.Stat(td); err != nil {
-		t.Fatalf("test data folder missing: %v (see its README.md)", err)
-	}
-	return td
 }
 
 func TestMalformedOutputsNeverPanic(t *testing.T) {

@@ -11,6 +11,7 @@ package preprocess
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/edge-agent/edge-agent/agent/infer"
 	"github.com/edge-agent/edge-agent/hal/sensor"
@@ -179,7 +180,7 @@ func (p *Preprocessor) buffers(dst []infer.Tensor) []infer.Tensor {
 	for i := 0; fits && i < len(dst); i++ {
 		in := p.inputs[i]
 		fits = dst[i].DType == in.DType && len(dst[i].Data) == in.Elements()*in.DType.Size() &&
-			sameShape(dst[i].Shape, in.Shape)
+			slices.Equal(dst[i].Shape, in.Shape)
 	}
 	if fits {
 		return dst
@@ -189,18 +190,6 @@ func (p *Preprocessor) buffers(dst []infer.Tensor) []infer.Tensor {
 		dst[i] = infer.NewTensor(in.DType, in.Shape)
 	}
 	return dst
-}
-
-func sameShape(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func frameName(f sensor.Frame) string {

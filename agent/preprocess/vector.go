@@ -3,6 +3,7 @@ package preprocess
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -124,7 +125,7 @@ func (s *vectorStage) valueName(i int, names []string, k int) string {
 
 // lookup maps features to indexes of names, reusing the last mapping when names repeat.
 func (s *vectorStage) lookup(names []string) (*featureOrder, error) {
-	if o := s.order.Load(); o != nil && equalStrings(o.names, names) {
+	if o := s.order.Load(); o != nil && slices.Equal(o.names, names) {
 		return o, nil
 	}
 	if len(names) == 0 {
@@ -150,18 +151,6 @@ func (s *vectorStage) lookup(names []string) (*featureOrder, error) {
 	}
 	s.order.Store(o)
 	return o, nil
-}
-
-func equalStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func quoteList(names []string) string {

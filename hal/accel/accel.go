@@ -13,13 +13,11 @@ package accel
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
-	"os"
-	"path"
-	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/edge-agent/edge-agent/hal/internal/hostfs"
 )
 
 // Report is what Detect found.
@@ -157,10 +155,7 @@ func joinOrNone(s []string) string {
 // pass a directory laid out like one. Detect never fails: what it cannot read it leaves
 // out, with a note when the reason is not simply "absent".
 func Detect(root string) Report {
-	fsys := sysfs{root: root}
-	if fsys.root == "" {
-		fsys.root = "/"
-	}
+	fsys := sysfs{hostfs.New(root)}
 	var r Report
 	r.EdgeTPU = fsys.edgeTPUs(&r.Notes)
 	r.GPU = fsys.gpus(&r.Notes)
@@ -168,69 +163,20 @@ func Detect(root string) Report {
 	return r
 }
 
-// sysfs reads files under a root directory. Paths given to it are the board's paths
-// ("/proc/cpuinfo"); it joins them to the root.
-type sysfs struct{ root string }
-
-// maxFile bounds every read: sysfs attributes are a page, /proc/cpuinfo on a large server
-// a few hundred kilobytes.
-const maxFile = 4 << 20
-
-func (s sysfs) abs(p string) string { return filepath.Join(s.root, p) }
-
-// read returns the file's content. A missing file gives fs.ErrNotExist (wrapped).
-func (s sysfs) read(p string) (string, error) {
-	f, err := os.Open(s.abs(p))
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxFile))
-	if err != nil {
-		return "", err
-	}
-	return string(b), nil
-}
+// sysfs adds accel's readers to the host filesystem.
+type sysfs struct{ hostfs.FS }
 
 // readValue reads a one-line attribute, trimming whitespace and device-tree NULs. ok is
 // false when the file is absent; other failures become a note.
 func (s sysfs) readValue(p string, notes *[]string) (string, bool) {
-	v, err := s.read(p)
+	v, err := s.Value(p)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			*notes = append(*notes, fmt.Sprintf("cannot read %s: %v", p, unwrapPath(err)))
 		}
 		return "", false
 	}
-	return strings.TrimSpace(strings.Trim(v, "\x00")), true
-}
-
-// exists reports whether p is there as a regular file or a device node (fixtures use
-// regular files where a board has character devices).
-func (s sysfs) exists(p string) bool {
-	fi, err := os.Stat(s.abs(p))
-	if err != nil {
-		return false
-	}
-	m := fi.Mode()
-	return m.IsRegular() || m&fs.ModeDevice != 0
-}
-
-// list returns the board paths of the entries in dir whose names match pattern
-// (filepath.Match syntax), sorted. Only the name is matched, so a root holding glob
-// metacharacters does no harm. A missing dir gives nothing.
-func (s sysfs) list(dir, pattern string) []string {
-	entries, err := os.ReadDir(s.abs(dir))
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, e := range entries {
-		if ok, _ := filepath.Match(pattern, e.Name()); ok { // the only error is a bad pattern, and ours are constants
-			out = append(out, path.Join(dir, e.Name()))
-		}
-	}
-	return out
+	return v, true
 }
 
 // unwrapPath drops the *fs.PathError wrapper, whose path is the fixture's, not the board's.

@@ -22,7 +22,7 @@ func (s sysfs) edgeTPUs(notes *[]string) []EdgeTPU {
 
 	// USB: every device directory has idVendor and idProduct; interfaces ("1-1:1.0") do
 	// not, and are skipped by the missing file.
-	for _, dev := range s.list(usbDevices, "*") {
+	for _, dev := range s.List(usbDevices, "*") {
 		vendor, ok := s.readValue(path.Join(dev, "idVendor"), notes)
 		if !ok {
 			continue
@@ -48,9 +48,9 @@ func (s sysfs) edgeTPUs(notes *[]string) []EdgeTPU {
 	}
 
 	// PCIe/M.2: the gasket/apex driver creates /dev/apex_N.
-	for _, dev := range s.list("/dev", "apex_*") {
+	for _, dev := range s.List("/dev", "apex_*") {
 		name := path.Base(dev)
-		if !isDigits(strings.TrimPrefix(name, "apex_")) || !s.exists(dev) {
+		if !isDigits(strings.TrimPrefix(name, "apex_")) || !s.Exists(dev) {
 			continue
 		}
 		t := EdgeTPU{Kind: "pcie", Path: dev, State: StateReady}

@@ -27,8 +27,8 @@ func (s sysfs) gpus(notes *[]string) []GPU {
 	// On a Jetson the render nodes belong to the same Tegra GPU and display engine;
 	// listing them again as an unusable "drm" GPU would only confuse.
 	if !isJetson {
-		for _, node := range s.list("/dev/dri", "renderD*") {
-			if !s.exists(node) {
+		for _, node := range s.List("/dev/dri", "renderD*") {
+			if !s.Exists(node) {
 				continue
 			}
 			out = append(out, GPU{
@@ -57,7 +57,7 @@ func (s sysfs) jetson(notes *[]string) (GPU, bool) {
 	}
 	node := ""
 	for _, n := range []string{"/dev/nvhost-gpu", "/dev/nvgpu/igpu0/ctrl"} {
-		if s.exists(n) {
+		if s.Exists(n) {
 			node = n
 			break
 		}
@@ -80,7 +80,7 @@ func (s sysfs) jetson(notes *[]string) (GPU, bool) {
 // device's uevent or, failing that, its driver link. "" when neither says.
 func (s sysfs) drmDriver(node string) string {
 	dev := path.Join("/sys/class/drm", node, "device")
-	if f, err := os.Open(s.abs(path.Join(dev, "uevent"))); err == nil {
+	if f, err := os.Open(s.Abs(path.Join(dev, "uevent"))); err == nil {
 		defer f.Close()
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
@@ -89,7 +89,7 @@ func (s sysfs) drmDriver(node string) string {
 			}
 		}
 	}
-	if target, err := os.Readlink(s.abs(path.Join(dev, "driver"))); err == nil {
+	if target, err := os.Readlink(s.Abs(path.Join(dev, "driver"))); err == nil {
 		return path.Base(target)
 	}
 	return ""

@@ -15,10 +15,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/edge-agent/edge-agent/hal/internal/hostfs"
 )
 
 // Info is what Read found.
@@ -69,7 +70,7 @@ func (i Info) CPUTemp() (float64, bool) {
 
 // Read gathers Info under root ("" or "/" for the running system).
 func Read(root string) Info {
-	fsys := sysfs{root: cleanRoot(root)}
+	fsys := sysfs{hostfs.New(root)}
 	info := Info{
 		Model:        fsys.value("/proc/device-tree/model"),
 		Serial:       fsys.value("/proc/device-tree/serial-number"),
@@ -87,45 +88,22 @@ func Read(root string) Info {
 	return info
 }
 
-func cleanRoot(root string) string {
-	if root == "" {
-		return "/"
-	}
-	return root
-}
+// sysfs adds board's readers to the host filesystem.
+type sysfs struct{ hostfs.FS }
 
-// sysfs reads files named by their path on the board ("/proc/meminfo") under a root.
-type sysfs struct{ root string }
-
-// maxFile bounds every read; the files board reads are a page or two.
-const maxFile = 1 << 20
-
-func (s sysfs) abs(p string) string { return filepath.Join(s.root, p) }
-
-func (s sysfs) read(p string) (string, error) {
-	f, err := os.Open(s.abs(p))
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxFile))
-	return string(b), err
-}
-
-// value reads a one-line attribute, trimming whitespace and device-tree NULs; "" when the
-// file cannot be read.
+// value reads a one-line attribute; "" when the file cannot be read.
 func (s sysfs) value(p string) string {
-	v, err := s.read(p)
+	v, err := s.Value(p)
 	if err != nil {
 		return ""
 	}
-	return strings.TrimSpace(strings.Trim(v, "\x00"))
+	return v
 }
 
 // temperatures reads every thermal_zoneN whose temp is readable. A zone whose sensor is
 // off fails the read (EINVAL, ENODATA) and is left out.
 func (s sysfs) temperatures() []Temp {
-	entries, err := os.ReadDir(s.abs("/sys/class/thermal"))
+	entries, err := os.ReadDir(s.Abs("/sys/class/thermal"))
 	if err != nil {
 		return nil
 	}
@@ -160,7 +138,7 @@ func (s sysfs) temperatures() []Temp {
 }
 
 func (s sysfs) memory() Memory {
-	f, err := os.Open(s.abs("/proc/meminfo"))
+	f, err := os.Open(s.Abs("/proc/meminfo"))
 	if err != nil {
 		return Memory{}
 	}
@@ -174,7 +152,7 @@ func (s sysfs) memory() Memory {
 // ErrFieldMissing naming the first wanted key it did not see.
 func scanKB(r io.Reader, want map[string]*uint64) error {
 	seen := make(map[string]bool, len(want))
-	sc := bufio.NewScanner(io.LimitReader(r, maxFile))
+	sc := bufio.NewScanner(io.LimitReader(r, hostfs.MaxFile))
 	for sc.Scan() {
 		k, v, ok := strings.Cut(sc.Text(), ":")
 		if !ok {
@@ -239,7 +217,7 @@ func statusField(root string, pid int, key string) (uint64, error) {
 		proc = strconv.Itoa(pid)
 	}
 	path := "/proc/" + proc + "/status"
-	f, err := os.Open(sysfs{root: cleanRoot(root)}.abs(path))
+	f, err := os.Open(hostfs.New(root).Abs(path))
 	if err != nil {
 		return 0, fmt.Errorf("read %s: %w", key, err)
 	}

@@ -12,8 +12,9 @@ import (
 	"errors"
 	"fmt"
 	"image"
-	"sort"
 	"time"
+
+	"github.com/edge-agent/edge-agent/internal/registry"
 )
 
 // Frame is one reading from a source. Exactly one of Image, Values or Tensor is set.
@@ -171,35 +172,17 @@ type Deps struct {
 type Factory func(spec Spec, deps Deps) (Source, error)
 
 // Registry maps kind names to factories. Filled from init functions, read-only after.
-type Registry struct{ m map[string]Factory }
+type Registry struct{ *registry.Registry[Factory] }
 
 // Kinds is the registry kinds add themselves to from init.
-var Kinds = &Registry{m: map[string]Factory{}}
-
-// Register adds a kind; a duplicate is a programming error.
-func (r *Registry) Register(kind string, f Factory) {
-	if _, dup := r.m[kind]; dup {
-		panic("sensor: kind registered twice: " + kind)
-	}
-	r.m[kind] = f
-}
-
-// Names lists the registered kinds.
-func (r *Registry) Names() []string {
-	var n []string
-	for k := range r.m {
-		n = append(n, k)
-	}
-	sort.Strings(n)
-	return n
-}
+var Kinds = Registry{registry.New[Factory]("source kind")}
 
 // ErrUnknownKind is returned for a kind no package registered.
 var ErrUnknownKind = errors.New("unknown source kind")
 
 // New builds a source.
-func (r *Registry) New(spec Spec, deps Deps) (Source, error) {
-	f, ok := r.m[spec.Kind]
+func (r Registry) New(spec Spec, deps Deps) (Source, error) {
+	f, ok := r.Lookup(spec.Kind)
 	if !ok {
 		return nil, fmt.Errorf("source %q: %w %q (known: %v)", spec.Name, ErrUnknownKind, spec.Kind, r.Names())
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -134,5 +135,38 @@ func TestNoCgoBinarySaysNoEngine(t *testing.T) {
 	out, err = exec.Command(bin, "predict", "--model", "m.tflite", "--input", testenv.Shared(t, "mnist_digit_1.png")).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "no inference engine in this build") || !strings.Contains(string(out), "CGO_ENABLED=1") {
 		t.Errorf("predict: %v\n%s\nwant a failure saying how to get an engine", err, out)
+	}
+}
+
+// Packages whose comment limits what they may import of this module: the full list of their
+// allowed module imports (an import outside it fails).
+func TestLeafPackages(t *testing.T) {
+	allowed := map[string][]string{
+		"agent/health":          {},
+		"agent/result":          {},
+		"agent/infer":           {"internal/registry"},
+		"agent/infer/tflitefmt": {},
+		"agent/preprocess":      {"agent/infer", "hal/sensor", "models/spec"},
+		"agent/postprocess":     {"agent/infer", "agent/result", "models/spec"},
+		"models/spec":           {},
+		"hal/accel":             {"hal/internal/hostfs"},
+		"hal/board":             {"hal/internal/hostfs"},
+	}
+	for _, p := range list(t) {
+		want, ok := allowed[rel(p.ImportPath)]
+		if !ok {
+			continue
+		}
+		for _, imp := range p.Imports {
+			if !strings.HasPrefix(imp, mod) {
+				if imp == "C" {
+					t.Errorf("%s imports C; it must build without cgo", rel(p.ImportPath))
+				}
+				continue
+			}
+			if !slices.Contains(want, rel(imp)) {
+				t.Errorf("%s imports %s; it may import only %v of this module", rel(p.ImportPath), rel(imp), want)
+			}
+		}
 	}
 }

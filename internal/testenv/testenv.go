@@ -32,10 +32,21 @@ func Root(t testing.TB) string {
 	}
 }
 
+// SharedDir returns ../shared/testdata beside the repository, failing the test when it is
+// absent: skipping would hide that CI lost its fixtures.
+func SharedDir(t testing.TB) string {
+	t.Helper()
+	d := filepath.Join(Root(t), "..", "shared", "testdata")
+	if st, err := os.Stat(d); err != nil || !st.IsDir() {
+		t.Fatalf("test data folder %s is missing: the tests read ../shared/testdata beside the repository checkout (see its README.md)", d)
+	}
+	return d
+}
+
 // Shared returns the path of a file in ../shared/testdata, failing the test when it is absent.
 func Shared(t testing.TB, name string) string {
 	t.Helper()
-	p := filepath.Join(Root(t), "..", "shared", "testdata", name)
+	p := filepath.Join(SharedDir(t), name)
 	if _, err := os.Stat(p); err != nil {
 		t.Fatalf("test data %s is missing (%v): the tests read ../shared/testdata beside the repository checkout", p, err)
 	}

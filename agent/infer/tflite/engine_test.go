@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -213,13 +214,13 @@ func TestIntrospection(t *testing.T) {
 	ssd := load(t, testenv.Shared(t, "ssd_mobilenet_detect.tflite"), infer.Options{Delegate: "cpu"})
 	info := ssd.Info()
 	in := info.Inputs[0]
-	if in.DType != infer.UInt8 || !equalInts(in.Shape, []int{1, 300, 300, 3}) || !in.Quant.Quantised() {
+	if in.DType != infer.UInt8 || !slices.Equal(in.Shape, []int{1, 300, 300, 3}) || !in.Quant.Quantised() {
 		t.Errorf("SSD input %+v; want quantised uint8 [1 300 300 3]", in)
 	}
-	if len(info.Outputs) != 4 || !equalInts(info.Outputs[0].Shape, []int{1, 10, 4}) || info.Outputs[0].DType != infer.Float32 {
+	if len(info.Outputs) != 4 || !slices.Equal(info.Outputs[0].Shape, []int{1, 10, 4}) || info.Outputs[0].DType != infer.Float32 {
 		t.Errorf("SSD outputs %+v; want 4 with boxes float32 [1 10 4]", info.Outputs)
 	}
-	if !contains(info.Ops, "TFLite_Detection_PostProcess") || !contains(info.Ops, "CONV_2D") || !contains(info.CustomOps, "TFLite_Detection_PostProcess") {
+	if !slices.Contains(info.Ops, "TFLite_Detection_PostProcess") || !slices.Contains(info.Ops, "CONV_2D") || !slices.Contains(info.CustomOps, "TFLite_Detection_PostProcess") {
 		t.Errorf("SSD ops %v custom %v; want CONV_2D and TFLite_Detection_PostProcess", info.Ops, info.CustomOps)
 	}
 	mn := load(t, testenv.Shared(t, "mnist_model.tflite"), infer.Options{Delegate: "cpu"})
@@ -534,25 +535,4 @@ func TestInferHonoursContextWhilePoolBusy(t *testing.T) {
 		}
 	}
 	t.Fatal("a cancelled context never surfaced as context.Canceled")
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

@@ -5,8 +5,6 @@ package sensortest
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -14,33 +12,12 @@ import (
 	"time"
 
 	"github.com/edge-agent/edge-agent/hal/sensor"
+	"github.com/edge-agent/edge-agent/internal/testenv"
 )
 
-// Testdata returns the shared test data folder, ../shared/testdata from the repository root
-// (the folder holding go.mod). A missing folder fails the test: skipping would hide that CI
-// lost its fixtures.
-func Testdata(t testing.TB) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatalf("getwd: %v", err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatalf("no go.mod above the test directory: cannot locate ../shared/testdata")
-		}
-		dir = parent
-	}
-	td := filepath.Join(dir, "..", "shared", "testdata")
-	if st, err := os.Stat(td); err != nil || !st.IsDir() {
-		t.Fatalf("test data folder %s is missing: it must sit next to the repository as ../shared/testdata (see its README)", td)
-	}
-	return td
-}
+// Testdata returns the shared test data folder, ../shared/testdata beside the repository; a
+// missing folder fails the test.
+func Testdata(t testing.TB) string { return testenv.SharedDir(t) }
 
 // NoLeaks fails the test if, once the test and its other cleanups are done, more goroutines
 // are running than when NoLeaks was called. Call it first in a test that is not parallel.
