@@ -72,9 +72,6 @@ func (e *Engine) LoadBytes(data []byte, opt infer.Options) (infer.Model, error) 
 	if len(data) > MaxModelBytes {
 		return nil, fmt.Errorf("load model: %w: %d bytes is over the %d byte limit", infer.ErrBadModel, len(data), MaxModelBytes)
 	}
-	if _, err := tflitefmt.Parse(data); err != nil {
-		return nil, fmt.Errorf("load model: %w: %v", infer.ErrBadModel, err)
-	}
 	fd, err := unix.MemfdCreate("edge-agent-model", unix.MFD_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("load model: memfd_create: %w", err)
