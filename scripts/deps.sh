@@ -8,6 +8,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 need=()
 command -v npm >/dev/null || need+=(npm)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v minisign >/dev/null || need+=(minisign)
 command -v gcc >/dev/null || need+=(gcc)
 
 if [ ${#need[@]} -gt 0 ]; then
