@@ -21,11 +21,13 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/edge-agent/edge-agent/agent/config"
+	"github.com/edge-agent/edge-agent/agent/deploy"
 	"github.com/edge-agent/edge-agent/agent/health"
 	"github.com/edge-agent/edge-agent/agent/infer"
 	"github.com/edge-agent/edge-agent/agent/link"
@@ -36,6 +38,9 @@ import (
 	"github.com/edge-agent/edge-agent/hal/accel"
 	"github.com/edge-agent/edge-agent/hal/board"
 	"github.com/edge-agent/edge-agent/hal/sensor"
+	"github.com/edge-agent/edge-agent/models/bundle"
+	"github.com/edge-agent/edge-agent/models/sign"
+	"github.com/edge-agent/edge-agent/models/store"
 )
 
 // Version is the agent's version, set at link time (-X .../agent.Version=...).
@@ -64,6 +69,8 @@ type Agent struct {
 	runners []*sensor.Runner
 	models  map[string]infer.Model
 	every   time.Duration
+	deploy  *deploy.Manager // nil when no model is served from bundles
+	store   *store.Store
 }
 
 // New builds the agent from a validated config. It fails only for configuration errors (a
@@ -118,7 +125,15 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 		a.pipe.AddSource(s.Name, r.Queue())
 	}
 
+	var served []string
 	for _, m := range cfg.Models {
+		if m.Path == "" { // served from signed bundles: restored from the store below
+			served = append(served, m.Name)
+			if err := a.pipe.AddModel(pipeline.ModelConfig{Name: m.Name, Sources: m.Sources, Workers: m.Workers, Queue: m.Queue}, nil); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		serving, err := a.loadModel(m)
 		code := "model/" + m.Name
 		if err != nil {
@@ -138,8 +153,87 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 			return nil, err
 		}
 	}
+	if len(served) > 0 {
+		if err := a.startDeploy(served); err != nil {
+			return nil, err
+		}
+	}
 	return a, nil
 }
+
+// startDeploy opens the model store and the deploy manager, and serves each bundle-served
+// model's active version.
+func (a *Agent) startDeploy(served []string) error {
+	keys, err := sign.KeysFromConfig(a.cfg.TrustedKeys)
+	if err != nil {
+		return fmt.Errorf("trusted_keys: %w", err)
+	}
+	verifier, err := sign.NewVerifier(keys...)
+	if err != nil {
+		return fmt.Errorf("trusted_keys: %w", err)
+	}
+	st, err := store.Open(a.cfg.ModelsDir, store.Options{Keep: a.cfg.KeepVersions})
+	if err != nil {
+		return fmt.Errorf("model store: %w", err)
+	}
+	if err := os.MkdirAll(a.cfg.Inbox, 0o750); err != nil {
+		st.Close()
+		return fmt.Errorf("inbox: %w", err)
+	}
+	a.store = st
+	byName := map[string]config.Model{}
+	for _, m := range a.cfg.Models {
+		byName[m.Name] = m
+	}
+	a.deploy = deploy.New(deploy.Options{
+		Store: st,
+		Verify: func(manifest, sig []byte) (string, error) {
+			r, err := verifier.Verify(manifest, sig)
+			return r.KeyID, err
+		},
+		Load: func(name string, man bundle.Manifest, dir string) (*pipeline.Serving, error) {
+			return LoadServing(a.engine, BundleModel(byName[name], man, dir), a.hw, a.log)
+		},
+		Pipeline:     a.pipe,
+		Served:       served,
+		AgentVersion: Version,
+		Probation:    deploy.Probation(a.cfg.Probation),
+		Inbox:        a.cfg.Inbox,
+		Logger:       a.log,
+		Events: func(e deploy.Event) {
+			code := "deploy/" + e.Model
+			switch e.Type {
+			case "refused", "canary-failed", "rolled-back", "probation-failed":
+				a.health.Set(health.Condition{Code: code, Severity: health.Warning, Component: "deploy", Message: fmt.Sprintf("%s %s: %s", e.Type, e.Version, e.Reason)})
+			case "probation-passed":
+				a.health.Clear(code)
+			}
+		},
+	})
+	if a.engine == nil {
+		return nil // models cannot load; the engine condition says why
+	}
+	a.deploy.Restore(context.Background())
+	return nil
+}
+
+// BundleModel is the configuration of a version served from a bundle: the device's settings
+// (sources, workers, threads, delegate) with the manifest's model file and processing.
+func BundleModel(m config.Model, man bundle.Manifest, dir string) config.Model {
+	m.Path = filepath.Join(dir, filepath.FromSlash(man.Model))
+	m.Version = man.Version
+	m.Spec = man.Processing
+	if lf := m.Spec.Output.LabelsFile; lf != "" {
+		m.Spec.Output.LabelsFile = filepath.Join(dir, filepath.FromSlash(lf))
+	}
+	if (m.Delegate == "" || m.Delegate == infer.DelegateAuto) && man.Delegate != "" {
+		m.Delegate = man.Delegate
+	}
+	return m
+}
+
+// Deploy is the deploy manager (nil when no model is served from bundles).
+func (a *Agent) Deploy() *deploy.Manager { return a.deploy }
 
 // loadModel loads one configured model with its processing.
 func (a *Agent) loadModel(m config.Model) (*pipeline.Serving, error) {
@@ -220,16 +314,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer wg.Done()
 		a.watchSources(srcCtx)
 	}()
+	if a.deploy != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.deploy.Run(srcCtx)
+		}()
+	}
 
 	<-ctx.Done()
 	stopSources()
 	wg.Wait()
 	err := <-pipeDone
-	for name, m := range a.models {
-		if cerr := m.Close(); cerr != nil {
-			a.log.Warn("close model", "model", name, "err", cerr)
-		}
-	}
+	a.Close()
 	for _, st := range a.pipe.Stats() {
 		a.log.Info("model stopped", "model", st.Name, "results", st.Results, "dropped", st.Dropped,
 			"errors", st.PreErrors+st.InferErrors+st.PostErrors+st.SinkErrors)
@@ -239,6 +336,25 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("pipeline: %w", err)
 	}
 	return nil
+}
+
+// Close frees the models and the store. Run calls it on its way out; a caller that built the
+// agent without running it (edge-agent models ...) calls it itself.
+func (a *Agent) Close() {
+	for name, m := range a.models {
+		if cerr := m.Close(); cerr != nil {
+			a.log.Warn("close model", "model", name, "err", cerr)
+		}
+	}
+	a.models = nil
+	if a.deploy != nil {
+		a.deploy.CloseServing()
+		a.deploy = nil
+	}
+	if a.store != nil {
+		a.store.Close()
+		a.store = nil
+	}
 }
 
 // watchSources turns runner state into health conditions.

@@ -55,6 +55,7 @@ func (c *collector) byModel(m string) []result.Result {
 }
 
 type running struct {
+	once   sync.Once
 	a      *agent.Agent
 	sink   *collector
 	logs   *syncBuffer
@@ -102,12 +103,14 @@ func start(t *testing.T, yml string) *running {
 }
 
 func (r *running) stop() {
-	r.cancel()
-	select {
-	case <-r.done:
-	case <-time.After(20 * time.Second):
-		panic("agent did not stop within 20s")
-	}
+	r.once.Do(func() {
+		r.cancel()
+		select {
+		case <-r.done:
+		case <-time.After(20 * time.Second):
+			panic("agent did not stop within 20s")
+		}
+	})
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -292,16 +295,17 @@ models:
   - {name: sin, path: @GOTFLITE@/sin/sin_model.tflite, sources: [sweep], workers: 2}
 `)
 	waitFor(t, "some results", func() bool { return len(r.sink.byModel("sin")) >= 20 })
-	r.cancel()
-	select {
-	case err := <-r.done:
-		if err != nil {
-			t.Fatalf("Run after cancel = %v; want nil", err)
+	r.once.Do(func() {
+		r.cancel()
+		select {
+		case err := <-r.done:
+			if err != nil {
+				t.Fatalf("Run after cancel = %v; want nil", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatal("agent did not stop within 15s of cancel")
 		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("agent did not stop within 15s of cancel")
-	}
-	r.done <- nil // let Cleanup's stop return
+	})
 	n := len(r.sink.byModel("sin"))
 	time.Sleep(100 * time.Millisecond)
 	if m := len(r.sink.byModel("sin")); m != n {

@@ -46,10 +46,33 @@ type Config struct {
 	// ShutdownTimeout bounds draining queued frames on SIGTERM (default 10s).
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 
+	// TrustedKeys are minisign public keys (base64 lines or paths to .pub files) that model
+	// bundles must be signed with; several allow key rotation. Bundles are always verified.
+	TrustedKeys []string `yaml:"trusted_keys"`
+	// ModelsDir is the model store (default <state_dir>/models).
+	ModelsDir string `yaml:"models_dir"`
+	// Inbox is a folder watched for dropped bundles (default <state_dir>/inbox).
+	Inbox string `yaml:"inbox"`
+	// KeepVersions is how many versions of each model the store keeps (default 3, min 2).
+	KeepVersions int `yaml:"keep_versions"`
+	// Probation decides when a new version is trusted, or rolled back.
+	Probation Probation `yaml:"probation"`
+
 	Sources []sensor.Spec `yaml:"sources"`
 	Models  []Model       `yaml:"models"`
 
 	dir string // directory of the file, for relative paths
+}
+
+// Probation of a newly activated model version: it passes after Inferences results or
+// Duration, and is rolled back when, after at least MinSamples, its error rate or NaN/Inf
+// rate is above the maximum.
+type Probation struct {
+	Inferences       int           `yaml:"inferences"`         // default 100
+	Duration         time.Duration `yaml:"duration"`           // default 60s
+	MinSamples       int           `yaml:"min_samples"`        // default 10
+	MaxErrorRate     float64       `yaml:"max_error_rate"`     // default 0.2
+	MaxNonFiniteRate float64       `yaml:"max_nonfinite_rate"` // default 0.01
 }
 
 // Log settings.
@@ -60,7 +83,10 @@ type Log struct {
 
 // Model is one served model.
 type Model struct {
-	Name    string `yaml:"name"`
+	Name string `yaml:"name"`
+	// Path is a fixed .tflite file. Without it the model is served from signed bundles in the
+	// model store (installed with `edge-agent models install` or dropped into the inbox), and
+	// its processing comes from the bundle's manifest.
 	Path    string `yaml:"path"`
 	Version string `yaml:"version"`
 	// Sources names the sources whose frames this model reads.
@@ -137,6 +163,20 @@ func (c *Config) applyDefaults() {
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 10 * time.Second
 	}
+	if c.ModelsDir == "" {
+		c.ModelsDir = filepath.Join(c.StateDir, "models")
+	}
+	if c.Inbox == "" {
+		c.Inbox = filepath.Join(c.StateDir, "inbox")
+	}
+	if c.KeepVersions == 0 {
+		c.KeepVersions = 3
+	}
+	for i, k := range c.TrustedKeys {
+		if strings.HasPrefix(k, "./") || strings.HasPrefix(k, "../") {
+			c.TrustedKeys[i] = c.Resolve(k)
+		}
+	}
 	for i := range c.Models {
 		m := &c.Models[i]
 		if m.Delegate == "" {
@@ -208,6 +248,12 @@ func (c *Config) Validate() error {
 			bad(f+".queue", "%d is outside 0..10000", s.Queue)
 		}
 	}
+	if c.KeepVersions < 2 || c.KeepVersions > 100 {
+		bad("keep_versions", "%d is outside 2..100 (the active and the previous version are always kept)", c.KeepVersions)
+	}
+	if p := c.Probation; p.Inferences < 0 || p.Duration < 0 || p.MinSamples < 0 || p.MaxErrorRate < 0 || p.MaxErrorRate > 1 || p.MaxNonFiniteRate < 0 || p.MaxNonFiniteRate > 1 {
+		bad("probation", "counts and durations must be ≥ 0 and rates within 0..1")
+	}
 	models := map[string]bool{}
 	for i, m := range c.Models {
 		f := fmt.Sprintf("models[%d]", i)
@@ -221,7 +267,12 @@ func (c *Config) Validate() error {
 		}
 		models[m.Name] = true
 		if m.Path == "" {
-			bad(f+".path", "is required (a .tflite file)")
+			if len(c.TrustedKeys) == 0 {
+				bad(f+".path", "is empty, so the model is served from signed bundles, which needs trusted_keys (bundles are never accepted unsigned)")
+			}
+			if m.Spec.Input.Kind != "" || m.Spec.Output.Kind != "" || m.Spec.Output.LabelsFile != "" || len(m.Spec.Output.Labels) > 0 {
+				bad(f+".input/output", "come from the bundle's manifest for a model served from bundles; remove them or set path")
+			}
 		}
 		if !slices.Contains(infer.Delegates, m.Delegate) {
 			bad(f+".delegate", "%q is not one of %s", m.Delegate, strings.Join(infer.Delegates, ", "))

@@ -3,6 +3,7 @@
 //	edge-agent run [--config FILE]
 //	edge-agent predict --model FILE --input FILE [--spec FILE] [--delegate D] [--json]
 //	edge-agent inspect [--json] MODEL
+//	edge-agent models install BUNDLE | list | rollback NAME [VERSION]
 //	edge-agent version
 //
 // It builds the agent from the config and leaves all wiring to package agent.
@@ -33,6 +34,8 @@ Usage:
   edge-agent predict --model FILE --input FILE [--spec FILE] [--delegate D] [--json]
                                         run one input through a model, as the daemon would
   edge-agent inspect [--json] MODEL     show a model's tensors, quantisation, ops and delegate
+  edge-agent models install BUNDLE | list [NAME] | rollback NAME [VERSION]
+                                        manage bundle-served model versions
   edge-agent version                    print version, runtime and hardware
 
 Run "edge-agent COMMAND -h" for a command's flags.
@@ -55,6 +58,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdPredict(args[1:], stdout, stderr)
 	case "inspect":
 		err = cmdInspect(args[1:], stdout, stderr)
+	case "models":
+		err = cmdModels(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		err = cmdVersion(args[1:], stdout, stderr)
 	case "help", "-h", "--help":

@@ -1,19 +1,109 @@
-// Command edgectl is the fleet console and fleet server (keys, bundles, deployments). Its
-// commands arrive with the bundle and fleet work; for now it reports its version.
+// Command edgectl is the fleet console. This release has the key and bundle tools:
+//
+//	edgectl keygen --out PREFIX
+//	edgectl bundle pack --spec bundle.yaml [--key PREFIX.key] -o OUT.tar.gz
+//	edgectl bundle sign --key PREFIX.key BUNDLE
+//	edgectl bundle verify --pub PREFIX.pub [--pub ...] BUNDLE
+//	edgectl bundle inspect [--json] [--pub PREFIX.pub] BUNDLE
+//	edgectl version
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/edge-agent/edge-agent/agent"
+
+	_ "github.com/edge-agent/edge-agent/agent/infer/tflite" // pack runs the model for golden vectors
 )
 
-func main() {
-	if len(os.Args) > 1 && os.Args[1] == "version" {
-		fmt.Println("edgectl", agent.Version)
-		return
+const usage = `edgectl is the edge-agent fleet console.
+
+Usage:
+  edgectl keygen --out PREFIX [--password-file F]       new minisign key pair: PREFIX.key (secret), PREFIX.pub
+  edgectl bundle pack --spec bundle.yaml [--key K] -o OUT   build a model bundle (reference statistics, golden vectors)
+  edgectl bundle sign --key K [--password-file F] BUNDLE  (re)sign a bundle's manifest in place
+  edgectl bundle verify --pub P [--pub P2] BUNDLE         check signature, every file's sha256 and the manifest
+  edgectl bundle inspect [--json] [--pub P] BUNDLE        show the manifest
+  edgectl version
+
+docs/bundle-format.md describes bundles; docs/models.md the agent side.
+`
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+type usageError struct{ error }
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
 	}
-	fmt.Fprintln(os.Stderr, "edgectl: fleet commands are not part of this release yet; see docs/architecture.md")
-	os.Exit(2)
+	var err error
+	switch args[0] {
+	case "keygen":
+		err = cmdKeygen(args[1:], stdout, stderr)
+	case "bundle":
+		err = cmdBundle(args[1:], stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "edgectl", agent.Version)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		err = usageError{fmt.Errorf("unknown command %q", args[0])}
+	}
+	var ue usageError
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "edgectl %s: %v\n\n%s", args[0], err, usage)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "edgectl %s: %v\n", args[0], err)
+		return 1
+	}
 }
+
+func cmdBundle(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageError{errors.New("bundle needs a subcommand: pack, sign, verify, inspect")}
+	}
+	switch args[0] {
+	case "pack":
+		return cmdPack(args[1:], stdout, stderr)
+	case "sign":
+		return cmdSign(args[1:], stdout, stderr)
+	case "verify":
+		return cmdVerify(args[1:], stdout, stderr)
+	case "inspect":
+		return cmdInspect(args[1:], stdout, stderr)
+	}
+	return usageError{fmt.Errorf("unknown bundle subcommand %q", args[0])}
+}
+
+// readPassword reads a password file (first line), or none.
+func readPassword(path string) ([]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	for i, c := range b {
+		if c == '\n' || c == '\r' {
+			return b[:i], nil
+		}
+	}
+	return b, nil
+}
+
+// multiFlag collects repeated flags.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return fmt.Sprint(*m) }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }

@@ -132,7 +132,7 @@ func (m *Manifest) Validate() error {
 		if err := CheckPath(f.Path); err != nil {
 			bad(field+".path", "%v", err)
 		}
-		if f.Path == ManifestName || f.Path == SignatureName {
+		if f.Path == ManifestName || f.Path == SignatureName || f.Path == "version.json" { // the store keeps its metadata as version.json
 			bad(field+".path", "%q is reserved", f.Path)
 		}
 		if seen[f.Path] {
@@ -144,6 +144,17 @@ func (m *Manifest) Validate() error {
 		}
 		if f.Size < 0 {
 			bad(field+".size", "must be ≥ 0")
+		}
+	}
+	for i, f := range m.Files {
+		if CheckPath(f.Path) != nil {
+			continue // reported above
+		}
+		for dir := path.Dir(f.Path); dir != "." && dir != "/"; dir = path.Dir(dir) {
+			if seen[dir] {
+				bad(fmt.Sprintf("files[%d].path", i), "%q is inside %q, which is a file", f.Path, dir)
+				break
+			}
 		}
 	}
 	if !seen[m.Model] {
@@ -192,6 +203,11 @@ func CheckPath(p string) error {
 		return fmt.Errorf("path %q leaves the bundle", p)
 	case len(p) > 255:
 		return fmt.Errorf("path longer than 255 bytes")
+	}
+	for _, r := range p {
+		if r < 0x20 || r == 0x7f {
+			return fmt.Errorf("control character %U in path %q", r, p)
+		}
 	}
 	return nil
 }

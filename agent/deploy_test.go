@@ -1,0 +1,401 @@
+//go:build cgo
+
+package agent_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edge-agent/edge-agent/agent/deploy"
+	"github.com/edge-agent/edge-agent/agent/infer"
+	"github.com/edge-agent/edge-agent/agent/infer/tflite"
+	"github.com/edge-agent/edge-agent/internal/testenv"
+	"github.com/edge-agent/edge-agent/models/bundle"
+	"github.com/edge-agent/edge-agent/models/sign"
+	"github.com/edge-agent/edge-agent/models/spec"
+	"github.com/edge-agent/edge-agent/models/store"
+)
+
+// fleet is a signing key and a folder of bundles made with it.
+type fleet struct {
+	t    *testing.T
+	pub  sign.PublicKey
+	priv sign.PrivateKey
+	dir  string
+}
+
+func newFleet(t *testing.T) *fleet {
+	pub, priv, err := sign.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fleet{t: t, pub: pub, priv: priv, dir: t.TempDir()}
+}
+
+type bundleOpt struct {
+	name      string // default "sin"
+	version   string
+	seq       uint64
+	modelPath string // default: the sin model
+	proc      spec.Model
+	edit      func(*bundle.Manifest)
+	signer    *sign.PrivateKey
+}
+
+var sinProc = spec.Model{Output: spec.Output{Kind: spec.OutputRegression, Regression: spec.Regression{Names: []string{"y"}}}}
+
+// pack builds a signed bundle of a real model, with golden vectors computed by running it.
+func (f *fleet) pack(o bundleOpt) string {
+	t := f.t
+	t.Helper()
+	if o.modelPath == "" {
+		o.modelPath = testenv.GoTflite(t, "_example/sin/sin_model.tflite")
+	}
+	if o.proc.Output.Kind == "" {
+		o.proc = sinProc
+	}
+	if o.name == "" {
+		o.name = "sin"
+	}
+	m := bundle.Manifest{Name: o.name, Version: o.version, Sequence: o.seq, Model: "model.tflite", Processing: o.proc}
+	if mod, err := tflite.New().LoadFile(o.modelPath, infer.Options{Delegate: "cpu", Threads: 1}); err == nil {
+		info := mod.Info()
+		for _, ts := range info.Inputs {
+			m.Inputs = append(m.Inputs, bundle.Tensor{Name: ts.Name, DType: ts.DType.String(), Shape: ts.Shape})
+		}
+		for _, ts := range info.Outputs {
+			m.Outputs = append(m.Outputs, bundle.Tensor{Name: ts.Name, DType: ts.DType.String(), Shape: ts.Shape})
+		}
+		for _, x := range []float64{-1, 0.5, 2} {
+			in := make([]float64, info.Inputs[0].Elements())
+			for i := range in {
+				in[i] = x * float64(i+1) / float64(len(in))
+			}
+			tn, _ := infer.FromValues(infer.Float32, info.Inputs[0].Shape, in)
+			out, err := mod.Infer(context.Background(), []infer.Tensor{tn})
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.Golden = append(m.Golden, bundle.Golden{Inputs: [][]float64{in}, Outputs: [][]float64{out[0].Floats(infer.Quant{})}, Tolerance: 1e-4})
+		}
+		mod.Close()
+	} else {
+		m.Inputs = []bundle.Tensor{{DType: "float32", Shape: []int{1, 1}}}
+		m.Outputs = []bundle.Tensor{{DType: "float32", Shape: []int{1, 1}}}
+	}
+	if o.edit != nil {
+		o.edit(&m)
+	}
+	key := f.priv
+	if o.signer != nil {
+		key = *o.signer
+	}
+	path := filepath.Join(f.dir, fmt.Sprintf("%s-%s-%d.tar.gz", o.name, o.version, rand.Int()))
+	out, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	if _, err := bundle.Pack(out, m, map[string]string{"model.tflite": o.modelPath}, func(b []byte) ([]byte, error) {
+		return sign.Sign(key, b, "test bundle")
+	}, bundle.PackOptions{Gzip: true}); err != nil {
+		t.Fatalf("pack: %v", err)
+	}
+	return path
+}
+
+// rewrite copies a (plain tar) bundle through edit, which may change or drop members.
+func rewrite(t *testing.T, src string, edit func(h *tar.Header, data []byte) ([]byte, bool)) string {
+	t.Helper()
+	f, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzipReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(zr)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := io.ReadAll(tr)
+		data, keep := edit(h, data)
+		if !keep {
+			continue
+		}
+		h.Size = int64(len(data))
+		tw.WriteHeader(h)
+		tw.Write(data)
+	}
+	tw.Close()
+	dst := fmt.Sprintf("%s.edited-%d.tar", src, rand.Int())
+	os.WriteFile(dst, buf.Bytes(), 0o644)
+	return dst
+}
+
+const deployConfig = `
+trusted_keys: [%s]
+state_dir: %s
+probation: {inferences: %d, duration: 1h, min_samples: 10}
+sources:
+  - {name: sweep, kind: synthetic, rate: 400, synthetic: {wave: sine, phase: true, offset: -3.14159}}
+models:
+  - {name: sin, sources: [sweep], workers: 2}
+`
+
+func startDeploy(t *testing.T, f *fleet, stateDir string, probation int) *running {
+	return start(t, fmt.Sprintf(deployConfig, f.pub.String(), stateDir, probation))
+}
+
+func versionsSeen(r *running, since int) map[string]int {
+	r.sink.mu.Lock()
+	defer r.sink.mu.Unlock()
+	seen := map[string]int{}
+	for _, res := range r.sink.all[since:] {
+		seen[res.Version]++
+	}
+	return seen
+}
+
+func serving(r *running) string {
+	if s := r.a.Pipeline().Serving("sin"); s != nil {
+		return s.Version
+	}
+	return ""
+}
+
+func history(t *testing.T, stateDir string) string {
+	st, err := store.OpenReadOnly(filepath.Join(stateDir, "models"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := st.History("sin", 100)
+	if err != nil {
+		t.Fatalf("history: %v", err)
+	}
+	var b strings.Builder
+	for _, e := range ev {
+		fmt.Fprintf(&b, "%s %s %s\n", e.Event, e.Version, e.Reason)
+	}
+	return b.String()
+}
+
+func TestBundleInstallHotSwapAndProbation(t *testing.T) {
+	f := newFleet(t)
+	state := t.TempDir()
+	r := startDeploy(t, f, state, 50)
+	ctx := context.Background()
+	if _, err := r.a.Deploy().InstallFile(ctx, f.pack(bundleOpt{version: "1.0.0", seq: 1})); err != nil {
+		t.Fatalf("install 1.0.0: %v", err)
+	}
+	waitFor(t, "results from 1.0.0", func() bool { return versionsSeen(r, 0)["1.0.0"] > 20 })
+	mark := len(r.sink.byModel("sin"))
+	if _, err := r.a.Deploy().InstallFile(ctx, f.pack(bundleOpt{version: "1.1.0", seq: 2})); err != nil {
+		t.Fatalf("install 1.1.0: %v", err)
+	}
+	waitFor(t, "probation of 1.1.0 to pass", func() bool { return strings.Contains(history(t, state), "probation-passed 1.1.0") })
+	seen := versionsSeen(r, mark)
+	if seen["1.1.0"] < 50 {
+		t.Fatalf("results after the swap by version %v; want ≥ 50 from 1.1.0", seen)
+	}
+	for _, st := range r.a.Pipeline().Stats() {
+		if st.InferErrors+st.PostErrors+st.PreErrors != 0 {
+			t.Fatalf("errors across the swap: %+v", st)
+		}
+	}
+}
+
+// Every bad bundle is refused with its reason; nothing changes and 1.0.0 keeps serving.
+func TestBundleRefusalsKeepTheOldVersionServing(t *testing.T) {
+	f := newFleet(t)
+	state := t.TempDir()
+	r := startDeploy(t, f, state, 20)
+	ctx := context.Background()
+	if _, err := r.a.Deploy().InstallFile(ctx, f.pack(bundleOpt{version: "1.0.0", seq: 5})); err != nil {
+		t.Fatal(err)
+	}
+	_, otherKey, _ := sign.GenerateKey()
+	garbage := filepath.Join(t.TempDir(), "garbage.tflite")
+	os.WriteFile(garbage, bytes.Repeat([]byte("TFL3 not really"), 300), 0o644)
+	past := time.Now().Add(-time.Hour)
+	good := f.pack(bundleOpt{version: "2.0.0", seq: 6})
+	plain := rewrite(t, good, func(h *tar.Header, d []byte) ([]byte, bool) { return d, true })
+	full, _ := os.ReadFile(plain)
+	truncated := filepath.Join(t.TempDir(), "truncated.tar")
+	os.WriteFile(truncated, full[:len(full)*2/3], 0o644)
+	for _, c := range []struct {
+		name   string
+		bundle string
+		want   error
+	}{
+		{"signed by an untrusted key", f.pack(bundleOpt{version: "2.0.0", seq: 6, signer: &otherKey}), sign.ErrUntrustedKey},
+		{"unsigned", rewrite(t, good, func(h *tar.Header, d []byte) ([]byte, bool) { return d, h.Name != bundle.SignatureName }), bundle.ErrUnsigned},
+		{"tampered model file", rewrite(t, good, func(h *tar.Header, d []byte) ([]byte, bool) {
+			if h.Name == "model.tflite" {
+				d = append([]byte(nil), d...)
+				d[len(d)/2] ^= 0xff
+			}
+			return d, true
+		}), bundle.ErrChecksum},
+		{"tensors differ from the manifest", f.pack(bundleOpt{version: "2.0.0", seq: 6, edit: func(m *bundle.Manifest) { m.Inputs[0].Shape = []int{1, 2} }}), deploy.ErrCanary},
+		{"golden vectors fail", f.pack(bundleOpt{version: "2.0.0", seq: 6, edit: func(m *bundle.Manifest) { m.Golden[1].Outputs[0][0] += 0.5 }}), deploy.ErrCanary},
+		{"model does not load", f.pack(bundleOpt{version: "2.0.0", seq: 6, modelPath: garbage}), deploy.ErrCanary},
+		{"lower sequence", f.pack(bundleOpt{version: "0.9.0", seq: 4}), deploy.ErrDowngrade},
+		{"same sequence", f.pack(bundleOpt{version: "1.0.1", seq: 5}), deploy.ErrDowngrade},
+		{"expired", f.pack(bundleOpt{version: "2.0.0", seq: 6, edit: func(m *bundle.Manifest) { m.Expires = &past }}), bundle.ErrExpired},
+		{"needs a newer agent", f.pack(bundleOpt{version: "2.0.0", seq: 6, edit: func(m *bundle.Manifest) { m.MinAgentVersion = "99.0.0" }}), deploy.ErrAgentOld},
+		{"model not configured here", f.pack(bundleOpt{version: "2.0.0", seq: 6, edit: func(m *bundle.Manifest) { m.Name = "other" }}), deploy.ErrNotServed},
+		{"truncated archive", truncated, bundle.ErrTruncated},
+	} {
+		mark := len(r.sink.byModel("sin"))
+		_, err := r.a.Deploy().InstallFile(ctx, c.bundle)
+		if !errors.Is(err, c.want) {
+			t.Errorf("%s: err = %v; want %v", c.name, err, c.want)
+			continue
+		}
+		if v := serving(r); v != "1.0.0" {
+			t.Fatalf("%s: serving %q after the refusal; want 1.0.0", c.name, v)
+		}
+		waitFor(t, "results after refusing "+c.name, func() bool { return versionsSeen(r, mark)["1.0.0"] >= 5 })
+	}
+	st, _ := store.OpenReadOnly(filepath.Join(state, "models"))
+	if vs, _ := st.Versions("sin"); len(vs) != 1 {
+		t.Errorf("store holds %d versions after refusals; want only 1.0.0", len(vs))
+	}
+	// Refusals after the signature verified are recorded under the model's name; earlier
+	// ones (untrusted, unsigned, tampered, expired, truncated) only in the log, since an
+	// unverified manifest's name proves nothing.
+	if h := history(t, state); strings.Count(h, "refused") < 6 || !strings.Contains(h, "canary-failed") {
+		t.Errorf("history does not record the refusals:\n%s", h)
+	}
+	// A signed release that allows downgrade is accepted.
+	if _, err := r.a.Deploy().InstallFile(ctx, f.pack(bundleOpt{version: "0.9.0", seq: 4, edit: func(m *bundle.Manifest) { m.AllowDowngrade = true }})); err != nil {
+		t.Fatalf("explicit downgrade: %v", err)
+	}
+	waitFor(t, "0.9.0 serving", func() bool { return serving(r) == "0.9.0" })
+}
+
+// A version that passes its canary (golden inputs are already preprocessed) but fails on
+// live frames is rolled back by itself, with the reason: here its preprocessing asks for a
+// feature the sensor does not have, so every frame fails.
+func TestAutoRollbackOnErrorRate(t *testing.T) {
+	f := newFleet(t)
+	state := t.TempDir()
+	r := startDeploy(t, f, state, 1000)
+	ctx := context.Background()
+	if _, err := r.a.Deploy().InstallFile(ctx, f.pack(bundleOpt{version: "1.0.0", seq: 1})); err != nil {
+		t.Fatal(err)
+	}
+	bad := sinProc
+	bad.Input.Vector.Features = []string{"x"} // the synthetic source names its value ch0
+	if _, err := r.a.Deploy().InstallFile(ctx, f.pack(bundleOpt{version: "2.0.0", seq: 2, proc: bad})); err != nil {
+		t.Fatalf("the bad version should pass its canary: %v", err)
+	}
+	waitFor(t, "automatic rollback to 1.0.0", func() bool { return strings.Contains(history(t, state), "rolled-back 1.0.0") })
+	if v := serving(r); v != "1.0.0" {
+		t.Fatalf("serving %q after the rollback; want 1.0.0", v)
+	}
+	if h := history(t, state); !strings.Contains(h, "auto-rollback: error rate") {
+		t.Fatalf("the rollback does not say why:\n%s", h)
+	}
+	st, _ := store.OpenReadOnly(filepath.Join(state, "models"))
+	if p, ok, _ := st.Active("sin"); !ok || p.Version != "1.0.0" || !strings.Contains(p.Reason, "auto-rollback") {
+		t.Fatalf("active pointer %+v; want 1.0.0 by auto-rollback", p)
+	}
+	mark := len(r.sink.byModel("sin"))
+	waitFor(t, "1.0.0 serving again", func() bool { return versionsSeen(r, mark)["1.0.0"] >= 20 })
+}
+
+// A version whose outputs turn Inf on live frames is rolled back for its NaN/Inf rate: the
+// iris classifier fed inputs divided by 1e-38 overflows.
+func TestAutoRollbackOnNonFiniteOutputs(t *testing.T) {
+	f := newFleet(t)
+	state := t.TempDir()
+	r := start(t, fmt.Sprintf(`
+trusted_keys: [%s]
+state_dir: %s
+probation: {inferences: 1000, duration: 1h, min_samples: 10}
+sources:
+  - {name: petals, kind: synthetic, rate: 400, synthetic: {wave: sine, channels: 4, amplitude: 1, offset: 3}}
+models:
+  - {name: iris, sources: [petals]}
+`, f.pub.String(), state))
+	ctx := context.Background()
+	iris := testenv.GoTflite(t, "_example/iris/iris.tflite")
+	good := spec.Model{Output: spec.Output{Kind: spec.OutputClassification}}
+	if _, err := r.a.Deploy().InstallFile(ctx, f.pack(bundleOpt{name: "iris", version: "1.0.0", seq: 1, modelPath: iris, proc: good})); err != nil {
+		t.Fatal(err)
+	}
+	bad := good
+	bad.Input.Vector.Std = []float64{1e-38, 1e-38, 1e-38, 1e-38}
+	if _, err := r.a.Deploy().InstallFile(ctx, f.pack(bundleOpt{name: "iris", version: "2.0.0", seq: 2, modelPath: iris, proc: bad})); err != nil {
+		t.Fatalf("the bad version should pass its canary: %v", err)
+	}
+	st, _ := store.OpenReadOnly(filepath.Join(state, "models"))
+	waitFor(t, "automatic rollback for NaN/Inf", func() bool {
+		ev, _ := st.History("iris", 20)
+		for _, e := range ev {
+			if e.Event == "rolled-back" && strings.Contains(e.Reason, "NaN/Inf rate") {
+				return true
+			}
+		}
+		return false
+	})
+	if s := r.a.Pipeline().Serving("iris"); s == nil || s.Version != "1.0.0" {
+		t.Fatalf("serving %+v after the rollback; want 1.0.0", s)
+	}
+}
+
+func TestManualRollbackInboxAndRestart(t *testing.T) {
+	f := newFleet(t)
+	state := t.TempDir()
+	r := startDeploy(t, f, state, 20)
+	ctx := context.Background()
+	for i, v := range []string{"1.0.0", "1.1.0", "1.2.0"} {
+		if _, err := r.a.Deploy().InstallFile(ctx, f.pack(bundleOpt{version: v, seq: uint64(i + 1)})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.a.Deploy().Rollback(ctx, "sin", "1.0.0"); err != nil {
+		t.Fatalf("rollback to 1.0.0: %v", err)
+	}
+	if v := serving(r); v != "1.0.0" {
+		t.Fatalf("serving %q; want 1.0.0", v)
+	}
+	// The inbox: a good bundle is installed and removed; a bad one lands in failed/ with why.
+	inbox := filepath.Join(state, "inbox")
+	good := f.pack(bundleOpt{version: "1.3.0", seq: 4})
+	data, _ := os.ReadFile(good)
+	os.WriteFile(filepath.Join(inbox, "new.tar.gz"), data, 0o644)
+	_, other, _ := sign.GenerateKey()
+	bad, _ := os.ReadFile(f.pack(bundleOpt{version: "1.4.0", seq: 5, signer: &other}))
+	os.WriteFile(filepath.Join(inbox, "evil.tar.gz"), bad, 0o644)
+	waitFor(t, "the inbox bundle to serve", func() bool { return serving(r) == "1.3.0" })
+	waitFor(t, "the bad bundle to be refused", func() bool {
+		b, err := os.ReadFile(filepath.Join(inbox, "failed", "evil.tar.gz.reason"))
+		return err == nil && strings.Contains(string(b), "untrusted key")
+	})
+	// Restart: the active version is restored.
+	r.stop()
+	r2 := startDeploy(t, f, state, 20)
+	waitFor(t, "1.3.0 restored after restart", func() bool { return versionsSeen(r2, 0)["1.3.0"] >= 10 })
+}
