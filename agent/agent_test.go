@@ -76,7 +76,7 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // start parses YAML (with @SHARED@ and @GOTFLITE@ replaced), builds and runs an agent.
-func start(t *testing.T, yml string) *running {
+func start(t testing.TB, yml string) *running {
 	t.Helper()
 	yml = strings.ReplaceAll(yml, "@SHARED@", filepath.Dir(testenv.Shared(t, "mnist_model.tflite")))
 	yml = strings.ReplaceAll(yml, "@GOTFLITE@", filepath.Dir(filepath.Dir(testenv.GoTflite(t, "_example/sin/sin_model.tflite"))))
@@ -113,7 +113,7 @@ func (r *running) stop() {
 	})
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {

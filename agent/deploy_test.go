@@ -28,13 +28,13 @@ import (
 
 // fleet is a signing key and a folder of bundles made with it.
 type fleet struct {
-	t    *testing.T
+	t    testing.TB
 	pub  sign.PublicKey
 	priv sign.PrivateKey
 	dir  string
 }
 
-func newFleet(t *testing.T) *fleet {
+func newFleet(t testing.TB) *fleet {
 	pub, priv, err := sign.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
@@ -100,13 +100,23 @@ func (f *fleet) pack(o bundleOpt) string {
 	if o.signer != nil {
 		key = *o.signer
 	}
-	path := filepath.Join(f.dir, fmt.Sprintf("%s-%s-%d.tar.gz", o.name, o.version, rand.Int()))
+	return f.writeWith(t, m, o.modelPath, key)
+}
+
+// write packs a manifest and its model into a signed bundle file.
+func (f *fleet) write(t testing.TB, m bundle.Manifest, modelPath string) string {
+	return f.writeWith(t, m, modelPath, f.priv)
+}
+
+func (f *fleet) writeWith(t testing.TB, m bundle.Manifest, modelPath string, key sign.PrivateKey) string {
+	t.Helper()
+	path := filepath.Join(f.dir, fmt.Sprintf("%s-%s-%d.tar.gz", m.Name, m.Version, rand.Int()))
 	out, err := os.Create(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer out.Close()
-	if _, err := bundle.Pack(out, m, map[string]string{"model.tflite": o.modelPath}, func(b []byte) ([]byte, error) {
+	if _, err := bundle.Pack(out, m, map[string]string{"model.tflite": modelPath}, func(b []byte) ([]byte, error) {
 		return sign.Sign(key, b, "test bundle")
 	}, bundle.PackOptions{Gzip: true}); err != nil {
 		t.Fatalf("pack: %v", err)
@@ -162,7 +172,7 @@ models:
   - {name: sin, sources: [sweep], workers: 2}
 `
 
-func startDeploy(t *testing.T, f *fleet, stateDir string, probation int) *running {
+func startDeploy(t testing.TB, f *fleet, stateDir string, probation int) *running {
 	return start(t, fmt.Sprintf(deployConfig, f.pub.String(), stateDir, probation))
 }
 
@@ -183,7 +193,7 @@ func serving(r *running) string {
 	return ""
 }
 
-func history(t *testing.T, stateDir string) string {
+func history(t testing.TB, stateDir string) string {
 	st, err := store.OpenReadOnly(filepath.Join(stateDir, "models"))
 	if err != nil {
 		t.Fatal(err)

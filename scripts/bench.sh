@@ -3,6 +3,9 @@
 #  1. Per model (mnist, SSD, text_classification): the full pipeline (preprocess + invoke +
 #     postprocess) vs a bare go-tflite loop on the same decoded frame; rates and ratio, and
 #     the source's decode time apart.
+#  1b. Model versions: 20 swaps between two installed versions while the sin model serves at
+#     1,000 frames/s (failed inferences, p99 during swaps vs steady state), and the time from a
+#     verified SSD bundle on disk to serving it.
 #  2. Preprocess and postprocess micro-benchmarks (time and allocations).
 #  3. Peak RSS (VmHWM) of `edge-agent run` serving the SSD model on a looping camera file,
 #     against the same binary with no model loaded.
@@ -23,6 +26,10 @@ go test -run '^$' -bench PipelineVsBareInvoke -benchtime "${BENCHTIME:-5s}" -cou
   | grep -E '^Benchmark' | tee "$out/pipeline.txt" \
   | awk '{ for (i=3;i<=NF;i+=2) v[$(i+1)]=$i;
            printf "%-40s bare %9.1f/s  pipeline %9.1f/s  ratio %.3f  decode %s µs\n", $1, v["bare/s"], v["pipeline/s"], v["ratio"], v["decode-µs"] }'
+
+echo "== 1b. model versions: swapping under load, and bundle-to-serving time =="
+go test -run '^$' -bench 'SwapUnderLoad|SSDSwapTime' -benchtime 1x -count 1 ./agent 2>/dev/null | grep -E '^Benchmark' | tee "$out/deploy.txt"
+go test -run '^$' -bench 'SSDSwapTime' -benchtime 10x -count 1 ./agent 2>/dev/null | grep -E '^Benchmark' | tee -a "$out/deploy.txt"
 
 echo "== 2. preprocess / postprocess =="
 go test -run '^$' -bench . -benchmem -count 1 ./agent/preprocess ./agent/postprocess 2>/dev/null | grep -E '^Benchmark' | tee "$out/stages.txt"

@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"math"
@@ -46,16 +47,9 @@ func CheckTensors(info infer.ModelInfo, m bundle.Manifest) error {
 func RunGolden(ctx context.Context, model inferModel, golden []bundle.Golden) error {
 	info := model.Info()
 	for gi, g := range golden {
-		in := make([]infer.Tensor, len(info.Inputs))
-		for i, spec := range info.Inputs {
-			if i >= len(g.Inputs) {
-				return fmt.Errorf("%w: golden[%d] has %d inputs, the model takes %d", ErrCanary, gi, len(g.Inputs), len(info.Inputs))
-			}
-			t, err := infer.FromValues(spec.DType, spec.Shape, g.Inputs[i])
-			if err != nil {
-				return fmt.Errorf("%w: golden[%d] input %d: %v", ErrCanary, gi, i, err)
-			}
-			in[i] = t
+		in, err := goldenInputs(info.Inputs, g)
+		if err != nil {
+			return fmt.Errorf("%w: golden[%d]: %v", ErrCanary, gi, err)
 		}
 		out, err := model.Infer(ctx, in)
 		if err != nil {
@@ -83,6 +77,33 @@ func RunGolden(ctx context.Context, model inferModel, golden []bundle.Golden) er
 		}
 	}
 	return nil
+}
+
+// goldenInputs builds the input tensors of a golden vector from numbers or raw bytes.
+func goldenInputs(specs []infer.TensorInfo, g bundle.Golden) ([]infer.Tensor, error) {
+	if n := len(g.Inputs) + len(g.RawInputs); n != len(specs) {
+		return nil, fmt.Errorf("%d inputs, the model takes %d", n, len(specs))
+	}
+	in := make([]infer.Tensor, len(specs))
+	for i, spec := range specs {
+		if len(g.RawInputs) > 0 {
+			data, err := base64.StdEncoding.DecodeString(g.RawInputs[i])
+			if err != nil {
+				return nil, fmt.Errorf("raw input %d: %v", i, err)
+			}
+			in[i] = infer.Tensor{DType: spec.DType, Shape: spec.Shape, Data: data}
+			if err := in[i].Check(); err != nil {
+				return nil, fmt.Errorf("raw input %d: %v", i, err)
+			}
+			continue
+		}
+		t, err := infer.FromValues(spec.DType, spec.Shape, g.Inputs[i])
+		if err != nil {
+			return nil, fmt.Errorf("input %d: %v", i, err)
+		}
+		in[i] = t
+	}
+	return in, nil
 }
 
 // inferModel is the part of infer.Model the canary needs.

@@ -23,7 +23,7 @@ func cmdKeygen(args []string, stdout, stderr io.Writer) error {
 	out := fs.String("out", "", "path prefix: writes PREFIX.key and PREFIX.pub (required)")
 	pwFile := fs.String("password-file", "", "file whose first line encrypts the secret key (default: no password)")
 	force := fs.Bool("force", false, "overwrite existing files")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *out == "" || fs.NArg() > 0 {
@@ -60,7 +60,19 @@ func verifierFrom(pubs []string) (*sign.Verifier, error) {
 	if len(pubs) == 0 {
 		return nil, usageError{errors.New("give at least one --pub key (a .pub file or a base64 key line)")}
 	}
-	keys, err := sign.KeysFromConfig(pubs)
+	// sign.KeysFromConfig reads a file only for entries starting with "/", "./" or "../" (the
+	// agent config's rule); on the command line a plain relative path such as key.pub names a
+	// file too, so pass the absolute path of any --pub that is an existing file.
+	entries := make([]string, len(pubs))
+	for i, p := range pubs {
+		entries[i] = p
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			if abs, err := filepath.Abs(p); err == nil {
+				entries[i] = abs
+			}
+		}
+	}
+	keys, err := sign.KeysFromConfig(entries)
 	if err != nil {
 		return nil, err
 	}
@@ -72,7 +84,7 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	var pubs multiFlag
 	fs.Var(&pubs, "pub", "trusted public key (repeatable)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
@@ -110,7 +122,7 @@ func cmdInspect(args []string, stdout, stderr io.Writer) error {
 	asJSON := fs.Bool("json", false, "print the manifest as JSON")
 	var pubs multiFlag
 	fs.Var(&pubs, "pub", "verify the manifest's signature with this key (repeatable)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
@@ -177,7 +189,7 @@ func cmdSign(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	keyPath := fs.String("key", "", "secret key (required)")
 	pwFile := fs.String("password-file", "", "password of the secret key")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *keyPath == "" || fs.NArg() != 1 {

@@ -1,7 +1,7 @@
 // Command edgectl is the fleet console. This release has the key and bundle tools:
 //
 //	edgectl keygen --out PREFIX
-//	edgectl bundle pack --spec bundle.yaml [--key PREFIX.key] -o OUT.tar.gz
+//	edgectl bundle pack --spec bundle.yaml --key PREFIX.key -o OUT.tar.gz
 //	edgectl bundle sign --key PREFIX.key BUNDLE
 //	edgectl bundle verify --pub PREFIX.pub [--pub ...] BUNDLE
 //	edgectl bundle inspect [--json] [--pub PREFIX.pub] BUNDLE
@@ -24,7 +24,7 @@ const usage = `edgectl is the edge-agent fleet console.
 
 Usage:
   edgectl keygen --out PREFIX [--password-file F]       new minisign key pair: PREFIX.key (secret), PREFIX.pub
-  edgectl bundle pack --spec bundle.yaml [--key K] -o OUT   build a model bundle (reference statistics, golden vectors)
+  edgectl bundle pack --spec bundle.yaml --key K -o OUT   build a model bundle (reference statistics, golden vectors)
   edgectl bundle sign --key K [--password-file F] BUNDLE  (re)sign a bundle's manifest in place
   edgectl bundle verify --pub P [--pub P2] BUNDLE         check signature, every file's sha256 and the manifest
   edgectl bundle inspect [--json] [--pub P] BUNDLE        show the manifest
@@ -83,6 +83,15 @@ func cmdBundle(args []string, stdout, stderr io.Writer) error {
 		return cmdInspect(args[1:], stdout, stderr)
 	}
 	return usageError{fmt.Errorf("unknown bundle subcommand %q", args[0])}
+}
+
+// parseFlags parses a subcommand's flags; a bad flag is a usage error (exit 2), -h is not.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	err := fs.Parse(args)
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		return usageError{err}
+	}
+	return err
 }
 
 // readPassword reads a password file (first line), or none.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/csv"
 	"errors"
 	"flag"
@@ -61,7 +62,7 @@ func cmdPack(args []string, stdout, stderr io.Writer) error {
 	keyPath := fs.String("key", "", "secret key to sign with (required)")
 	pwFile := fs.String("password-file", "", "password of the secret key")
 	out := fs.String("o", "", "output bundle file (required; .tar.gz compresses)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *specPath == "" || *keyPath == "" || *out == "" || fs.NArg() > 0 {
@@ -199,7 +200,13 @@ func buildManifest(ps *packSpec) (bundle.Manifest, map[string]string, error) {
 		return man, nil, err
 	}
 	pre := serving.Pre.(*preprocess.Preprocessor)
-	ref := newRefStats(info.Inputs[0], ps.Processing.Input.Vector.Features, ps.Bins)
+	// Vector features are named as the preprocessor orders them: by processing.input.vector.
+	// features, else in the frames' own order, whose names (a CSV's header) are the best ones.
+	features := ps.Processing.Input.Vector.Features
+	if len(features) == 0 {
+		features = frames[0].Names
+	}
+	ref := newRefStats(info.Inputs[0], features, ps.Bins)
 	var classCounts []float64
 	classTensor := -1
 	if ps.Processing.Output.Kind == spec.OutputClassification {
@@ -227,7 +234,17 @@ func buildManifest(ps *packSpec) (bundle.Manifest, map[string]string, error) {
 		if i < ps.Golden {
 			g := bundle.Golden{Tolerance: ps.Tolerance}
 			for _, t := range in {
-				g.Inputs = append(g.Inputs, t.Floats(infer.Quant{})) // raw values, as the model takes them
+				if t.Len() > 1024 { // images: raw bytes keep the manifest under its size cap
+					g.RawInputs = append(g.RawInputs, base64.StdEncoding.EncodeToString(t.Data))
+				} else {
+					g.Inputs = append(g.Inputs, t.Floats(infer.Quant{})) // values as the model takes them
+				}
+			}
+			if len(g.RawInputs) > 0 && len(g.Inputs) > 0 { // one encoding per vector
+				g.Inputs, g.RawInputs = nil, nil
+				for _, t := range in {
+					g.RawInputs = append(g.RawInputs, base64.StdEncoding.EncodeToString(t.Data))
+				}
 			}
 			for o, t := range out {
 				g.Outputs = append(g.Outputs, t.Floats(info.Outputs[o].Quant))
@@ -359,7 +376,7 @@ func newRefStats(in infer.TensorInfo, features []string, bins int) *refStats {
 	case n <= 64: // a feature vector
 		r.stride = n
 		for i := range n {
-			if i < len(features) {
+			if i < len(features) && features[i] != "" {
 				r.names = append(r.names, features[i])
 			} else {
 				r.names = append(r.names, "f"+strconv.Itoa(i))

@@ -92,9 +92,12 @@ type FeatureStats struct {
 }
 
 // Golden is one canary vector: model input tensors (after preprocessing, flattened) and the
-// expected outputs (dequantised, flattened), equal within Tolerance (absolute).
+// expected outputs (dequantised, flattened), equal within Tolerance (absolute). Large inputs
+// (images) go in RawInputs instead: each input tensor's bytes in the model's own dtype,
+// little-endian, base64 — a 300×300×3 uint8 image is 360 KB there, not megabytes of JSON.
 type Golden struct {
-	Inputs    [][]float64 `json:"inputs"`
+	Inputs    [][]float64 `json:"inputs,omitempty"`
+	RawInputs []string    `json:"raw_inputs,omitempty"`
 	Outputs   [][]float64 `json:"outputs"`
 	Tolerance float64     `json:"tolerance"`
 }
@@ -172,8 +175,8 @@ func (m *Manifest) Validate() error {
 		bad("processing", "%v", err)
 	}
 	for i, g := range m.Golden {
-		if len(g.Inputs) != len(m.Inputs) {
-			bad(fmt.Sprintf("golden[%d].inputs", i), "has %d tensors, the model takes %d", len(g.Inputs), len(m.Inputs))
+		if n := len(g.Inputs) + len(g.RawInputs); n != len(m.Inputs) || (len(g.Inputs) > 0 && len(g.RawInputs) > 0) {
+			bad(fmt.Sprintf("golden[%d].inputs", i), "has %d tensors (inputs or raw_inputs, not both), the model takes %d", n, len(m.Inputs))
 		}
 		if len(g.Outputs) != len(m.Outputs) {
 			bad(fmt.Sprintf("golden[%d].outputs", i), "has %d tensors, the model gives %d", len(g.Outputs), len(m.Outputs))
