@@ -8,16 +8,12 @@ package agent_test
 
 import (
 	"context"
-	"encoding/base64"
 	"fmt"
 	"slices"
 	"testing"
 	"time"
 
-	"github.com/edge-agent/edge-agent/agent/infer"
-	"github.com/edge-agent/edge-agent/agent/infer/tflite"
 	"github.com/edge-agent/edge-agent/internal/testenv"
-	"github.com/edge-agent/edge-agent/models/bundle"
 	"github.com/edge-agent/edge-agent/models/spec"
 )
 
@@ -44,10 +40,10 @@ sources:
   - {name: sweep, kind: synthetic, rate: 1000, queue: 64, synthetic: {wave: sine, phase: true, offset: -3.14159}}
 models:
   - {name: sin, sources: [sweep], workers: 2, queue: 64}
-`, f.pub.String(), state))
+`, f.Pub.String(), state))
 		ctx := context.Background()
 		for i, v := range []string{"1.0.0", "2.0.0"} {
-			if _, err := r.a.Deploy().InstallFile(ctx, f.packB(b, v, uint64(i+1))); err != nil {
+			if _, err := r.a.Deploy().InstallFile(ctx, f.Pack(b, bundleOpt{Version: v, Seq: uint64(i + 1)})); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -109,12 +105,12 @@ trusted_keys: [%s]
 state_dir: %s
 models:
   - {name: ssd, workers: 1}
-`, f.pub.String(), state))
+`, f.Pub.String(), state))
 	ctx := context.Background()
 	ssd := testenv.Shared(b, "ssd_mobilenet_detect.tflite")
 	proc := spec.Model{Input: spec.Input{Image: spec.Image{Mean: []float64{127.5}, Std: []float64{127.5}}}, Output: spec.Output{Kind: spec.OutputDetection}}
 	for i, v := range []string{"1.0.0", "2.0.0"} {
-		path := f.packModel(b, "ssd", v, uint64(i+1), ssd, proc, 1)
+		path := f.Pack(b, bundleOpt{Name: "ssd", Version: v, Seq: uint64(i + 1), ModelPath: ssd, Proc: proc, Golden: 1})
 		if _, err := r.a.Deploy().InstallFile(ctx, path); err != nil {
 			b.Fatal(err)
 		}
@@ -132,46 +128,4 @@ models:
 	slices.Sort(times)
 	b.ReportMetric(float64(times[len(times)/2].Microseconds())/1000, "median-ms")
 	b.ReportMetric(float64(times[len(times)-1].Microseconds())/1000, "max-ms")
-}
-
-// packModel packs any model with golden vectors from zero-ish inputs (n vectors).
-func (f *fleet) packModel(b testing.TB, name, version string, seq uint64, modelPath string, proc spec.Model, n int) string {
-	mod, err := tflite.New().LoadFile(modelPath, infer.Options{Delegate: "cpu", Threads: 1})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer mod.Close()
-	info := mod.Info()
-	m := bundle.Manifest{Name: name, Version: version, Sequence: seq, Model: "model.tflite", Processing: proc}
-	for _, ts := range info.Inputs {
-		m.Inputs = append(m.Inputs, bundle.Tensor{Name: ts.Name, DType: ts.DType.String(), Shape: ts.Shape, Scale: ts.Quant.Scale, Zero: ts.Quant.ZeroPoint})
-	}
-	for _, ts := range info.Outputs {
-		m.Outputs = append(m.Outputs, bundle.Tensor{Name: ts.Name, DType: ts.DType.String(), Shape: ts.Shape, Scale: ts.Quant.Scale, Zero: ts.Quant.ZeroPoint})
-	}
-	for k := range n {
-		in := infer.NewTensor(info.Inputs[0].DType, info.Inputs[0].Shape)
-		for i := range in.Len() {
-			in.SetFloat(i, float64((i*7+k)%200))
-		}
-		out, err := mod.Infer(context.Background(), []infer.Tensor{in})
-		if err != nil {
-			b.Fatal(err)
-		}
-		g := bundle.Golden{Tolerance: 1e-3}
-		if in.Len() > 1024 { // images: raw bytes keep the manifest small
-			g.RawInputs = []string{base64.StdEncoding.EncodeToString(in.Data)}
-		} else {
-			g.Inputs = [][]float64{in.Floats(infer.Quant{})}
-		}
-		for o, t := range out {
-			g.Outputs = append(g.Outputs, t.Floats(info.Outputs[o].Quant))
-		}
-		m.Golden = append(m.Golden, g)
-	}
-	return f.write(b, m, modelPath)
-}
-
-func (f *fleet) packB(b *testing.B, version string, seq uint64) string {
-	return f.packModel(b, "sin", version, seq, testenv.GoTflite(b, "_example/sin/sin_model.tflite"), sinProc, 3)
 }

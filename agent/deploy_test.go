@@ -17,8 +17,7 @@ import (
 	"time"
 
 	"github.com/edge-agent/edge-agent/agent/deploy"
-	"github.com/edge-agent/edge-agent/agent/infer"
-	"github.com/edge-agent/edge-agent/agent/infer/tflite"
+	"github.com/edge-agent/edge-agent/internal/bundletest"
 	"github.com/edge-agent/edge-agent/internal/testenv"
 	"github.com/edge-agent/edge-agent/models/bundle"
 	"github.com/edge-agent/edge-agent/models/sign"
@@ -26,103 +25,15 @@ import (
 	"github.com/edge-agent/edge-agent/models/store"
 )
 
-// fleet is a signing key and a folder of bundles made with it.
-type fleet struct {
-	t    testing.TB
-	pub  sign.PublicKey
-	priv sign.PrivateKey
-	dir  string
-}
+type (
+	fleet     = bundletest.Fleet
+	bundleOpt = bundletest.Opt
+)
 
-func newFleet(t testing.TB) *fleet {
-	pub, priv, err := sign.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &fleet{t: t, pub: pub, priv: priv, dir: t.TempDir()}
-}
-
-type bundleOpt struct {
-	name      string // default "sin"
-	version   string
-	seq       uint64
-	modelPath string // default: the sin model
-	proc      spec.Model
-	edit      func(*bundle.Manifest)
-	signer    *sign.PrivateKey
-}
-
-var sinProc = spec.Model{Output: spec.Output{Kind: spec.OutputRegression, Regression: spec.Regression{Names: []string{"y"}}}}
-
-// pack builds a signed bundle of a real model, with golden vectors computed by running it.
-func (f *fleet) pack(o bundleOpt) string {
-	t := f.t
-	t.Helper()
-	if o.modelPath == "" {
-		o.modelPath = testenv.GoTflite(t, "_example/sin/sin_model.tflite")
-	}
-	if o.proc.Output.Kind == "" {
-		o.proc = sinProc
-	}
-	if o.name == "" {
-		o.name = "sin"
-	}
-	m := bundle.Manifest{Name: o.name, Version: o.version, Sequence: o.seq, Model: "model.tflite", Processing: o.proc}
-	if mod, err := tflite.New().LoadFile(o.modelPath, infer.Options{Delegate: "cpu", Threads: 1}); err == nil {
-		info := mod.Info()
-		for _, ts := range info.Inputs {
-			m.Inputs = append(m.Inputs, bundle.Tensor{Name: ts.Name, DType: ts.DType.String(), Shape: ts.Shape})
-		}
-		for _, ts := range info.Outputs {
-			m.Outputs = append(m.Outputs, bundle.Tensor{Name: ts.Name, DType: ts.DType.String(), Shape: ts.Shape})
-		}
-		for _, x := range []float64{-1, 0.5, 2} {
-			in := make([]float64, info.Inputs[0].Elements())
-			for i := range in {
-				in[i] = x * float64(i+1) / float64(len(in))
-			}
-			tn, _ := infer.FromValues(infer.Float32, info.Inputs[0].Shape, in)
-			out, err := mod.Infer(context.Background(), []infer.Tensor{tn})
-			if err != nil {
-				t.Fatal(err)
-			}
-			m.Golden = append(m.Golden, bundle.Golden{Inputs: [][]float64{in}, Outputs: [][]float64{out[0].Floats(infer.Quant{})}, Tolerance: 1e-4})
-		}
-		mod.Close()
-	} else {
-		m.Inputs = []bundle.Tensor{{DType: "float32", Shape: []int{1, 1}}}
-		m.Outputs = []bundle.Tensor{{DType: "float32", Shape: []int{1, 1}}}
-	}
-	if o.edit != nil {
-		o.edit(&m)
-	}
-	key := f.priv
-	if o.signer != nil {
-		key = *o.signer
-	}
-	return f.writeWith(t, m, o.modelPath, key)
-}
-
-// write packs a manifest and its model into a signed bundle file.
-func (f *fleet) write(t testing.TB, m bundle.Manifest, modelPath string) string {
-	return f.writeWith(t, m, modelPath, f.priv)
-}
-
-func (f *fleet) writeWith(t testing.TB, m bundle.Manifest, modelPath string, key sign.PrivateKey) string {
-	t.Helper()
-	path := filepath.Join(f.dir, fmt.Sprintf("%s-%s-%d.tar.gz", m.Name, m.Version, rand.Int()))
-	out, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer out.Close()
-	if _, err := bundle.Pack(out, m, map[string]string{"model.tflite": modelPath}, func(b []byte) ([]byte, error) {
-		return sign.Sign(key, b, "test bundle")
-	}, bundle.PackOptions{Gzip: true}); err != nil {
-		t.Fatalf("pack: %v", err)
-	}
-	return path
-}
+var (
+	newFleet = bundletest.NewFleet
+	sinProc  = bundletest.SinProcessing
+)
 
 // rewrite copies a (plain tar) bundle through edit, which may change or drop members.
 func rewrite(t *testing.T, src string, edit func(h *tar.Header, data []byte) ([]byte, bool)) string {
@@ -173,7 +84,7 @@ models:
 `
 
 func startDeploy(t testing.TB, f *fleet, stateDir string, probation int) *running {
-	return start(t, fmt.Sprintf(deployConfig, f.pub.String(), stateDir, probation))
+	return start(t, fmt.Sprintf(deployConfig, f.Pub.String(), stateDir, probation))
 }
 
 func versionsSeen(r *running, since int) map[string]int {
@@ -214,12 +125,12 @@ func TestBundleInstallHotSwapAndProbation(t *testing.T) {
 	state := t.TempDir()
 	r := startDeploy(t, f, state, 50)
 	ctx := context.Background()
-	if _, err := r.a.Deploy().InstallFile(ctx, f.pack(bundleOpt{version: "1.0.0", seq: 1})); err != nil {
+	if _, err := r.a.Deploy().InstallFile(ctx, f.Pack(t, bundleOpt{Version: "1.0.0", Seq: 1})); err != nil {
 		t.Fatalf("install 1.0.0: %v", err)
 	}
 	waitFor(t, "results from 1.0.0", func() bool { return versionsSeen(r, 0)["1.0.0"] > 20 })
 	mark := len(r.sink.byModel("sin"))
-	if _, err := r.a.Deploy().InstallFile(ctx, f.pack(bundleOpt{version: "1.1.0", seq: 2})); err != nil {
+	if _, err := r.a.Deploy().InstallFile(ctx, f.Pack(t, bundleOpt{Version: "1.1.0", Seq: 2})); err != nil {
 		t.Fatalf("install 1.1.0: %v", err)
 	}
 	waitFor(t, "probation of 1.1.0 to pass", func() bool { return strings.Contains(history(t, state), "probation-passed 1.1.0") })
@@ -240,14 +151,14 @@ func TestBundleRefusalsKeepTheOldVersionServing(t *testing.T) {
 	state := t.TempDir()
 	r := startDeploy(t, f, state, 20)
 	ctx := context.Background()
-	if _, err := r.a.Deploy().InstallFile(ctx, f.pack(bundleOpt{version: "1.0.0", seq: 5})); err != nil {
+	if _, err := r.a.Deploy().InstallFile(ctx, f.Pack(t, bundleOpt{Version: "1.0.0", Seq: 5})); err != nil {
 		t.Fatal(err)
 	}
 	_, otherKey, _ := sign.GenerateKey()
 	garbage := filepath.Join(t.TempDir(), "garbage.tflite")
 	os.WriteFile(garbage, bytes.Repeat([]byte("TFL3 not really"), 300), 0o644)
 	past := time.Now().Add(-time.Hour)
-	good := f.pack(bundleOpt{version: "2.0.0", seq: 6})
+	good := f.Pack(t, bundleOpt{Version: "2.0.0", Seq: 6})
 	plain := rewrite(t, good, func(h *tar.Header, d []byte) ([]byte, bool) { return d, true })
 	full, _ := os.ReadFile(plain)
 	truncated := filepath.Join(t.TempDir(), "truncated.tar")
@@ -257,7 +168,7 @@ func TestBundleRefusalsKeepTheOldVersionServing(t *testing.T) {
 		bundle string
 		want   error
 	}{
-		{"signed by an untrusted key", f.pack(bundleOpt{version: "2.0.0", seq: 6, signer: &otherKey}), sign.ErrUntrustedKey},
+		{"signed by an untrusted key", f.Pack(t, bundleOpt{Version: "2.0.0", Seq: 6, Signer: &otherKey}), sign.ErrUntrustedKey},
 		{"unsigned", rewrite(t, good, func(h *tar.Header, d []byte) ([]byte, bool) { return d, h.Name != bundle.SignatureName }), bundle.ErrUnsigned},
 		{"tampered model file", rewrite(t, good, func(h *tar.Header, d []byte) ([]byte, bool) {
 			if h.Name == "model.tflite" {
@@ -266,14 +177,14 @@ func TestBundleRefusalsKeepTheOldVersionServing(t *testing.T) {
 			}
 			return d, true
 		}), bundle.ErrChecksum},
-		{"tensors differ from the manifest", f.pack(bundleOpt{version: "2.0.0", seq: 6, edit: func(m *bundle.Manifest) { m.Inputs[0].Shape = []int{1, 2} }}), deploy.ErrCanary},
-		{"golden vectors fail", f.pack(bundleOpt{version: "2.0.0", seq: 6, edit: func(m *bundle.Manifest) { m.Golden[1].Outputs[0][0] += 0.5 }}), deploy.ErrCanary},
-		{"model does not load", f.pack(bundleOpt{version: "2.0.0", seq: 6, modelPath: garbage}), deploy.ErrCanary},
-		{"lower sequence", f.pack(bundleOpt{version: "0.9.0", seq: 4}), deploy.ErrDowngrade},
-		{"same sequence", f.pack(bundleOpt{version: "1.0.1", seq: 5}), deploy.ErrDowngrade},
-		{"expired", f.pack(bundleOpt{version: "2.0.0", seq: 6, edit: func(m *bundle.Manifest) { m.Expires = &past }}), bundle.ErrExpired},
-		{"needs a newer agent", f.pack(bundleOpt{version: "2.0.0", seq: 6, edit: func(m *bundle.Manifest) { m.MinAgentVersion = "99.0.0" }}), deploy.ErrAgentOld},
-		{"model not configured here", f.pack(bundleOpt{version: "2.0.0", seq: 6, edit: func(m *bundle.Manifest) { m.Name = "other" }}), deploy.ErrNotServed},
+		{"tensors differ from the manifest", f.Pack(t, bundleOpt{Version: "2.0.0", Seq: 6, Edit: func(m *bundle.Manifest) { m.Inputs[0].Shape = []int{1, 2} }}), deploy.ErrCanary},
+		{"golden vectors fail", f.Pack(t, bundleOpt{Version: "2.0.0", Seq: 6, Edit: func(m *bundle.Manifest) { m.Golden[1].Outputs[0][0] += 0.5 }}), deploy.ErrCanary},
+		{"model does not load", f.Pack(t, bundleOpt{Version: "2.0.0", Seq: 6, ModelPath: garbage}), deploy.ErrCanary},
+		{"lower sequence", f.Pack(t, bundleOpt{Version: "0.9.0", Seq: 4}), deploy.ErrDowngrade},
+		{"same sequence", f.Pack(t, bundleOpt{Version: "1.0.1", Seq: 5}), deploy.ErrDowngrade},
+		{"expired", f.Pack(t, bundleOpt{Version: "2.0.0", Seq: 6, Edit: func(m *bundle.Manifest) { m.Expires = &past }}), bundle.ErrExpired},
+		{"needs a newer agent", f.Pack(t, bundleOpt{Version: "2.0.0", Seq: 6, Edit: func(m *bundle.Manifest) { m.MinAgentVersion = "99.0.0" }}), deploy.ErrAgentOld},
+		{"model not configured here", f.Pack(t, bundleOpt{Version: "2.0.0", Seq: 6, Edit: func(m *bundle.Manifest) { m.Name = "other" }}), deploy.ErrNotServed},
 		{"truncated archive", truncated, bundle.ErrTruncated},
 	} {
 		mark := len(r.sink.byModel("sin"))
@@ -298,7 +209,7 @@ func TestBundleRefusalsKeepTheOldVersionServing(t *testing.T) {
 		t.Errorf("history does not record the refusals:\n%s", h)
 	}
 	// A signed release that allows downgrade is accepted.
-	if _, err := r.a.Deploy().InstallFile(ctx, f.pack(bundleOpt{version: "0.9.0", seq: 4, edit: func(m *bundle.Manifest) { m.AllowDowngrade = true }})); err != nil {
+	if _, err := r.a.Deploy().InstallFile(ctx, f.Pack(t, bundleOpt{Version: "0.9.0", Seq: 4, Edit: func(m *bundle.Manifest) { m.AllowDowngrade = true }})); err != nil {
 		t.Fatalf("explicit downgrade: %v", err)
 	}
 	waitFor(t, "0.9.0 serving", func() bool { return serving(r) == "0.9.0" })
@@ -312,12 +223,12 @@ func TestAutoRollbackOnErrorRate(t *testing.T) {
 	state := t.TempDir()
 	r := startDeploy(t, f, state, 1000)
 	ctx := context.Background()
-	if _, err := r.a.Deploy().InstallFile(ctx, f.pack(bundleOpt{version: "1.0.0", seq: 1})); err != nil {
+	if _, err := r.a.Deploy().InstallFile(ctx, f.Pack(t, bundleOpt{Version: "1.0.0", Seq: 1})); err != nil {
 		t.Fatal(err)
 	}
 	bad := sinProc
 	bad.Input.Vector.Features = []string{"x"} // the synthetic source names its value ch0
-	if _, err := r.a.Deploy().InstallFile(ctx, f.pack(bundleOpt{version: "2.0.0", seq: 2, proc: bad})); err != nil {
+	if _, err := r.a.Deploy().InstallFile(ctx, f.Pack(t, bundleOpt{Version: "2.0.0", Seq: 2, Proc: bad})); err != nil {
 		t.Fatalf("the bad version should pass its canary: %v", err)
 	}
 	waitFor(t, "automatic rollback to 1.0.0", func() bool { return strings.Contains(history(t, state), "rolled-back 1.0.0") })
@@ -348,16 +259,16 @@ sources:
   - {name: petals, kind: synthetic, rate: 400, synthetic: {wave: sine, channels: 4, amplitude: 1, offset: 3}}
 models:
   - {name: iris, sources: [petals]}
-`, f.pub.String(), state))
+`, f.Pub.String(), state))
 	ctx := context.Background()
 	iris := testenv.GoTflite(t, "_example/iris/iris.tflite")
 	good := spec.Model{Output: spec.Output{Kind: spec.OutputClassification}}
-	if _, err := r.a.Deploy().InstallFile(ctx, f.pack(bundleOpt{name: "iris", version: "1.0.0", seq: 1, modelPath: iris, proc: good})); err != nil {
+	if _, err := r.a.Deploy().InstallFile(ctx, f.Pack(t, bundleOpt{Name: "iris", Version: "1.0.0", Seq: 1, ModelPath: iris, Proc: good})); err != nil {
 		t.Fatal(err)
 	}
 	bad := good
 	bad.Input.Vector.Std = []float64{1e-38, 1e-38, 1e-38, 1e-38}
-	if _, err := r.a.Deploy().InstallFile(ctx, f.pack(bundleOpt{name: "iris", version: "2.0.0", seq: 2, modelPath: iris, proc: bad})); err != nil {
+	if _, err := r.a.Deploy().InstallFile(ctx, f.Pack(t, bundleOpt{Name: "iris", Version: "2.0.0", Seq: 2, ModelPath: iris, Proc: bad})); err != nil {
 		t.Fatalf("the bad version should pass its canary: %v", err)
 	}
 	st, _ := store.OpenReadOnly(filepath.Join(state, "models"))
@@ -381,7 +292,7 @@ func TestManualRollbackInboxAndRestart(t *testing.T) {
 	r := startDeploy(t, f, state, 20)
 	ctx := context.Background()
 	for i, v := range []string{"1.0.0", "1.1.0", "1.2.0"} {
-		if _, err := r.a.Deploy().InstallFile(ctx, f.pack(bundleOpt{version: v, seq: uint64(i + 1)})); err != nil {
+		if _, err := r.a.Deploy().InstallFile(ctx, f.Pack(t, bundleOpt{Version: v, Seq: uint64(i + 1)})); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -393,11 +304,11 @@ func TestManualRollbackInboxAndRestart(t *testing.T) {
 	}
 	// The inbox: a good bundle is installed and removed; a bad one lands in failed/ with why.
 	inbox := filepath.Join(state, "inbox")
-	good := f.pack(bundleOpt{version: "1.3.0", seq: 4})
+	good := f.Pack(t, bundleOpt{Version: "1.3.0", Seq: 4})
 	data, _ := os.ReadFile(good)
 	os.WriteFile(filepath.Join(inbox, "new.tar.gz"), data, 0o644)
 	_, other, _ := sign.GenerateKey()
-	bad, _ := os.ReadFile(f.pack(bundleOpt{version: "1.4.0", seq: 5, signer: &other}))
+	bad, _ := os.ReadFile(f.Pack(t, bundleOpt{Version: "1.4.0", Seq: 5, Signer: &other}))
 	os.WriteFile(filepath.Join(inbox, "evil.tar.gz"), bad, 0o644)
 	waitFor(t, "the inbox bundle to serve", func() bool { return serving(r) == "1.3.0" })
 	waitFor(t, "the bad bundle to be refused", func() bool {
