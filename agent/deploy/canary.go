@@ -44,7 +44,7 @@ func CheckTensors(info infer.ModelInfo, m bundle.Manifest) error {
 
 // RunGolden runs every golden vector through the model and compares outputs within the
 // vector's tolerance; any NaN or Inf output fails.
-func RunGolden(ctx context.Context, model inferModel, golden []bundle.Golden) error {
+func RunGolden(ctx context.Context, model infer.Model, golden []bundle.Golden) error {
 	info := model.Info()
 	for gi, g := range golden {
 		in, err := goldenInputs(info.Inputs, g)
@@ -104,11 +104,4 @@ func goldenInputs(specs []infer.TensorInfo, g bundle.Golden) ([]infer.Tensor, er
 		in[i] = t
 	}
 	return in, nil
-}
-
-// inferModel is the part of infer.Model the canary needs.
-type inferModel interface {
-	Info() infer.ModelInfo
-	Infer(ctx context.Context, in []infer.Tensor) ([]infer.Tensor, error)
-	Close() error
 }

@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edge-agent/edge-agent/agent/infer"
 	"github.com/edge-agent/edge-agent/agent/pipeline"
 	"github.com/edge-agent/edge-agent/models/bundle"
 	"github.com/edge-agent/edge-agent/models/store"
@@ -31,9 +32,6 @@ type Swapper interface {
 	Swap(name string, s *pipeline.Serving) (*pipeline.Serving, error)
 	Stats() []pipeline.ModelStats
 }
-
-// Closer is implemented by loaded models (infer.Model).
-type Closer interface{ Close() error }
 
 // Loader loads an installed version from its directory: the model file and its processing
 // as the manifest declares them.
@@ -299,7 +297,7 @@ func (m *Manager) load(ctx context.Context, name string, man bundle.Manifest, di
 	if err != nil {
 		return nil, fmt.Errorf("%w: load: %v", ErrCanary, err)
 	}
-	im, ok := s.Model.(inferModel)
+	im, ok := s.Model.(infer.Model)
 	if !ok {
 		closeServing(s)
 		return nil, fmt.Errorf("%w: the loaded model cannot be checked (not an inference model)", ErrCanary)
@@ -319,7 +317,7 @@ func closeServing(s *pipeline.Serving) {
 	if s == nil {
 		return
 	}
-	if c, ok := s.Model.(Closer); ok {
+	if c, ok := s.Model.(infer.Model); ok {
 		c.Close() // waits for in-flight inferences
 	}
 }

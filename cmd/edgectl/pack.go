@@ -21,7 +21,6 @@ import (
 	"github.com/edge-agent/edge-agent/agent"
 	"github.com/edge-agent/edge-agent/agent/config"
 	"github.com/edge-agent/edge-agent/agent/infer"
-	"github.com/edge-agent/edge-agent/agent/preprocess"
 	"github.com/edge-agent/edge-agent/hal/accel"
 	"github.com/edge-agent/edge-agent/hal/sensor"
 	"github.com/edge-agent/edge-agent/hal/sensor/file"
@@ -199,7 +198,6 @@ func buildManifest(ps *packSpec) (bundle.Manifest, map[string]string, error) {
 	if err != nil {
 		return man, nil, err
 	}
-	pre := serving.Pre.(*preprocess.Preprocessor)
 	// Vector features are named as the preprocessor orders them: by processing.input.vector.
 	// features, else in the frames' own order, whose names (a CSV's header) are the best ones.
 	features := ps.Processing.Input.Vector.Features
@@ -213,7 +211,7 @@ func buildManifest(ps *packSpec) (bundle.Manifest, map[string]string, error) {
 		classTensor = ps.Processing.Output.Classification.Tensor
 	}
 	for i, fr := range frames {
-		in, err := pre.Apply(fr, nil)
+		in, err := serving.Pre.Apply(fr, nil)
 		if err != nil {
 			return man, nil, fmt.Errorf("sample %s: %w", fr.Ref, err)
 		}
