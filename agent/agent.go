@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -56,6 +57,9 @@ type Options struct {
 	Sinks []pipeline.Sink
 	// HealthEvery is how often source health is refreshed (default 2s).
 	HealthEvery time.Duration
+	// NoFleet builds the agent without the outbox and the MQTT link, for commands that act
+	// on the model store beside a running daemon (edge-agent models ...).
+	NoFleet bool
 }
 
 // Agent is a running edge-agent.
@@ -72,6 +76,7 @@ type Agent struct {
 	every   time.Duration
 	deploy  *deploy.Manager // nil when no model is served from bundles
 	store   *store.Store
+	fleet   *fleet // nil with Options.NoFleet
 }
 
 // New builds the agent from a validated config. It fails only for configuration errors (a
@@ -100,7 +105,18 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 	}
 	a.engine = eng
 
-	sinks := slices.Clone(opt.Sinks)
+	var sinks []pipeline.Sink
+	if !opt.NoFleet {
+		// The outbox comes first: a result reaches the other sinks numbered and stored.
+		f, err := openFleet(cfg, log, a.health)
+		if err != nil {
+			return nil, err
+		}
+		a.fleet = f
+		f.status = a.statusFields
+		sinks = append(sinks, f.sink())
+	}
+	sinks = append(sinks, opt.Sinks...)
 	if *cfg.Stdout {
 		w := opt.Stdout
 		if w == nil {
@@ -119,6 +135,7 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 	for i, s := range cfg.Sources {
 		src, err := sensor.Kinds.New(s, deps)
 		if err != nil {
+			a.Close()
 			return nil, fmt.Errorf("sources[%d]: %w", i, err)
 		}
 		r := sensor.NewRunner(s, src, sensor.RunnerOptions{Logger: log.With("source", s.Name)})
@@ -131,6 +148,7 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 		if m.Path == "" { // served from signed bundles: restored from the store below
 			served = append(served, m.Name)
 			if err := a.pipe.AddModel(pipeline.ModelConfig{Name: m.Name, Sources: m.Sources, Workers: m.Workers, Queue: m.Queue}, nil); err != nil {
+				a.Close()
 				return nil, err
 			}
 			continue
@@ -151,11 +169,13 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 			}
 		}
 		if err := a.pipe.AddModel(pipeline.ModelConfig{Name: m.Name, Sources: m.Sources, Workers: m.Workers, Queue: m.Queue}, serving); err != nil {
+			a.Close()
 			return nil, err
 		}
 	}
 	if len(served) > 0 {
 		if err := a.startDeploy(served); err != nil {
+			a.Close()
 			return nil, err
 		}
 	}
@@ -202,6 +222,15 @@ func (a *Agent) startDeploy(served []string) error {
 		Inbox:        a.cfg.Inbox,
 		Logger:       a.log,
 		Events: func(e deploy.Event) {
+			if a.fleet != nil {
+				sev := "info"
+				switch e.Type {
+				case "refused", "canary-failed", "rolled-back", "probation-failed":
+					sev = "warning"
+				}
+				a.fleet.emit(result.Event{TS: e.Time, Type: "deploy." + e.Type, Severity: sev, Component: "deploy",
+					Model: e.Model, Version: e.Version, Message: strings.TrimSpace(e.Type + " " + e.Reason)})
+			}
 			code := "deploy/" + e.Model
 			switch e.Type {
 			case "refused", "canary-failed", "rolled-back", "probation-failed":
@@ -307,6 +336,21 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	srcCtx, stopSources := context.WithCancel(ctx)
 	defer stopSources()
+	// The fleet (outbox writer side, link) outlives the pipeline's drain: results drained on
+	// shutdown are still stored, and the link stops last.
+	fleetCtx, stopFleet := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopFleet()
+	fleetDone := make(chan struct{})
+	if a.fleet != nil {
+		a.fleet.emit(result.Event{Type: "agent.started", Component: "agent",
+			Message: fmt.Sprintf("edge-agent %s started on %s", Version, a.board.Model), Data: map[string]any{"version": Version}})
+		go func() {
+			defer close(fleetDone)
+			a.fleet.run(fleetCtx, a.metrics)
+		}()
+	} else {
+		close(fleetDone)
+	}
 	var wg sync.WaitGroup
 	pipeDone := make(chan error, 1)
 	go func() { pipeDone <- a.pipe.Run(ctx) }() // sinks and workers first
@@ -334,6 +378,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	stopSources()
 	wg.Wait()
 	err := <-pipeDone
+	if a.fleet != nil {
+		a.fleet.emit(result.Event{Type: "agent.stopping", Component: "agent", Message: "edge-agent is stopping (signal or shutdown)"})
+	}
+	stopFleet()
+	<-fleetDone
 	a.Close()
 	for _, st := range a.pipe.Stats() {
 		a.log.Info("model stopped", "model", st.Name, "results", st.Results, "dropped", st.Dropped,
@@ -363,6 +412,44 @@ func (a *Agent) Close() {
 		a.store.Close()
 		a.store = nil
 	}
+	if a.fleet != nil {
+		if err := a.fleet.close(); err != nil {
+			a.log.Warn("close outbox", "err", err)
+		}
+	}
+}
+
+// statusFields are the agent's part of the retained MQTT status message.
+func (a *Agent) statusFields() map[string]any {
+	models := []map[string]string{}
+	for _, st := range a.pipe.Stats() {
+		models = append(models, map[string]string{"name": st.Name, "version": st.Version})
+	}
+	return map[string]any{"board": a.board.Model, "hardware": a.hw.Summary(), "models": models, "health": a.health.Worst().String()}
+}
+
+// metrics is the periodic telemetry message (docs/mqtt.md).
+func (a *Agent) metrics() map[string]any {
+	m := map[string]any{"models": a.pipe.Stats(), "sources": a.SourceStats(), "health": a.health.List()}
+	if a.fleet != nil {
+		for k, v := range a.fleet.stats() {
+			m[k] = v
+		}
+	}
+	b := board.Read(a.cfg.HostRoot)
+	if t, ok := b.CPUTemp(); ok {
+		m["cpu_temp_c"] = t
+	}
+	m["mem_available_bytes"] = b.Memory.AvailableBytes
+	return m
+}
+
+// FleetStats reports the outbox and the MQTT link (nil without them).
+func (a *Agent) FleetStats() map[string]any {
+	if a.fleet == nil {
+		return nil
+	}
+	return a.fleet.stats()
 }
 
 // watchSources turns runner state into health conditions.
@@ -406,18 +493,18 @@ func (a *Agent) SourceStats() []sensor.RunnerStats {
 // Hardware is what accelerator detection found.
 func (a *Agent) Hardware() accel.Report { return a.hw }
 
-// fanout sends a result to every sink; the first error is returned after all were tried.
+// fanout sends a result to every sink in order and stops at the first error: a result the
+// outbox refused was not accepted, so no later sink (stdout) may report it as if it were.
 func fanout(sinks []pipeline.Sink) pipeline.Sink {
 	if len(sinks) == 1 {
 		return sinks[0]
 	}
 	return pipeline.FuncSink(func(ctx context.Context, r *result.Result) error {
-		var errs []error
 		for _, s := range sinks {
 			if err := s.Put(ctx, r); err != nil {
-				errs = append(errs, err)
+				return err
 			}
 		}
-		return errors.Join(errs...)
+		return nil
 	})
 }

@@ -87,6 +87,10 @@ func start(t testing.TB, yml string) *running {
 	r := &running{sink: &collector{}, logs: &syncBuffer{}, done: make(chan error, 1)}
 	f := false
 	cfg.Stdout = &f
+	if cfg.StateDir == "/var/lib/edge-agent" { // the default: keep tests off the machine's state
+		cfg.StateDir = t.TempDir()
+		cfg.Outbox.Path = filepath.Join(cfg.StateDir, "outbox.db")
+	}
 	r.a, err = agent.New(cfg, agent.Options{
 		Logger:      slog.New(slog.NewTextHandler(r.logs, nil)),
 		Sinks:       []pipeline.Sink{r.sink},

@@ -37,6 +37,7 @@ go test -run '^$' -bench . -benchmem -count 1 ./agent/preprocess ./agent/postpro
 echo "== 3. peak RSS of edge-agent run =="
 cat > "$out/ssd.yaml" <<YAML
 device: bench
+state_dir: $PWD/$out/state
 stdout: false
 log: {level: warn}
 sources:
@@ -50,6 +51,7 @@ models:
 YAML
 cat > "$out/idle.yaml" <<YAML
 device: bench
+state_dir: $PWD/$out/state
 stdout: false
 log: {level: warn}
 sources:

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -58,6 +59,11 @@ type Config struct {
 	// Probation decides when a new version is trusted, or rolled back.
 	Probation Probation `yaml:"probation"`
 
+	// Outbox is the durable buffer every result and event waits in until the broker has it.
+	Outbox Outbox `yaml:"outbox"`
+	// MQTT is the fleet connection; without a broker the agent runs offline and buffers.
+	MQTT MQTT `yaml:"mqtt"`
+
 	Sources []sensor.Spec `yaml:"sources"`
 	Models  []Model       `yaml:"models"`
 
@@ -73,6 +79,83 @@ type Probation struct {
 	MinSamples       int           `yaml:"min_samples"`        // default 10
 	MaxErrorRate     float64       `yaml:"max_error_rate"`     // default 0.2
 	MaxNonFiniteRate float64       `yaml:"max_nonfinite_rate"` // default 0.01
+}
+
+// Outbox bounds the durable buffer (docs/configuration.md#outbox). Results and events are
+// separate streams with their own caps; the policy decides what happens when one is full.
+type Outbox struct {
+	Path       string        `yaml:"path"`        // default <state_dir>/outbox.db
+	MaxResults int           `yaml:"max_results"` // default 1,000,000
+	MaxBytes   ByteSize      `yaml:"max_bytes"`   // results' payload bytes, default 256MiB
+	MaxAge     time.Duration `yaml:"max_age"`     // 0 = keep until sent or evicted by the caps
+	Policy     string        `yaml:"policy"`      // drop-oldest (default) | drop-newest | block
+	MaxEvents  int           `yaml:"max_events"`  // default 10,000 (always drop-oldest)
+	// CommitWait lets a commit wait for more results to share its fsync (default 0: appends
+	// that arrive while a commit runs share the next one anyway).
+	CommitWait time.Duration `yaml:"commit_wait"`
+}
+
+// Outbox policies.
+var OutboxPolicies = []string{"drop-oldest", "drop-newest", "block"}
+
+// MQTT is the fleet connection (docs/mqtt.md). Field meanings follow agent/link's Config.
+type MQTT struct {
+	// Broker is tcp://host:1883 or ssl://host:8883; empty means offline mode.
+	Broker       string        `yaml:"broker"`
+	Prefix       string        `yaml:"prefix"` // default edge
+	Username     string        `yaml:"username"`
+	Password     string        `yaml:"password"`
+	PasswordFile string        `yaml:"password_file"` // read at start; keeps the secret out of the config
+	CAFile       string        `yaml:"ca_file"`
+	CertFile     string        `yaml:"cert_file"`
+	KeyFile      string        `yaml:"key_file"`
+	ServerName   string        `yaml:"server_name"`
+	KeepAlive    time.Duration `yaml:"keepalive"`       // default 30s
+	Timeout      time.Duration `yaml:"connect_timeout"` // default 10s
+	BackoffMin   time.Duration `yaml:"backoff_min"`     // default 1s
+	BackoffMax   time.Duration `yaml:"backoff_max"`     // default 2m
+	InFlight     int           `yaml:"in_flight"`       // messages awaiting PUBACK per stream, default 8
+	BatchMax     int           `yaml:"batch_max"`       // results per message, default 100
+	BatchBytes   ByteSize      `yaml:"batch_bytes"`     // default 256KiB
+	BatchWait    time.Duration `yaml:"batch_wait"`      // default 200ms
+	Gzip         bool          `yaml:"gzip"`
+	AckTimeout   time.Duration `yaml:"ack_timeout"`   // default 30s
+	StatusEvery  time.Duration `yaml:"status_every"`  // default 60s
+	MetricsEvery time.Duration `yaml:"metrics_every"` // default 30s; 0 after defaults is impossible, negative disables
+}
+
+// ByteSize is a size in bytes written as a number or with a unit: 512KiB, 256MiB, 1GiB, 10MB.
+type ByteSize int64
+
+// UnmarshalYAML accepts an integer or a number with a unit.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseByteSize(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*b = v
+	return nil
+}
+
+// ParseByteSize reads "1048576", "512KiB", "256MiB", "1GiB", "10MB", "64kB".
+func ParseByteSize(s string) (ByteSize, error) {
+	s = strings.TrimSpace(s)
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"kB", 1000}, {"KB", 1000}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("%q is not a size: write a whole number of bytes or use KiB, MiB, GiB, kB, MB, GB", s)
+	}
+	return ByteSize(n * mult), nil
 }
 
 // Log settings.
@@ -172,6 +255,33 @@ func (c *Config) applyDefaults() {
 	if c.KeepVersions == 0 {
 		c.KeepVersions = 3
 	}
+	o := &c.Outbox
+	if o.Path == "" {
+		o.Path = filepath.Join(c.StateDir, "outbox.db")
+	}
+	o.Path = c.Resolve(o.Path)
+	if o.MaxResults == 0 {
+		o.MaxResults = 1_000_000
+	}
+	if o.MaxBytes == 0 {
+		o.MaxBytes = 256 << 20
+	}
+	if o.Policy == "" {
+		o.Policy = "drop-oldest"
+	}
+	if o.MaxEvents == 0 {
+		o.MaxEvents = 10_000
+	}
+	q := &c.MQTT
+	if q.Prefix == "" {
+		q.Prefix = "edge"
+	}
+	for _, f := range []*string{&q.PasswordFile, &q.CAFile, &q.CertFile, &q.KeyFile} {
+		*f = c.Resolve(*f)
+	}
+	if q.MetricsEvery == 0 {
+		q.MetricsEvery = 30 * time.Second
+	}
 	for i, k := range c.TrustedKeys {
 		if strings.HasPrefix(k, "./") || strings.HasPrefix(k, "../") {
 			c.TrustedKeys[i] = c.Resolve(k)
@@ -253,6 +363,15 @@ func (c *Config) Validate() error {
 	}
 	if p := c.Probation; p.Inferences < 0 || p.Duration < 0 || p.MinSamples < 0 || p.MaxErrorRate < 0 || p.MaxErrorRate > 1 || p.MaxNonFiniteRate < 0 || p.MaxNonFiniteRate > 1 {
 		bad("probation", "counts and durations must be ≥ 0 and rates within 0..1")
+	}
+	if o := c.Outbox; o.MaxResults < 1 || o.MaxEvents < 1 || o.MaxBytes < 1<<10 || o.MaxAge < 0 || o.CommitWait < 0 || o.CommitWait > time.Second {
+		bad("outbox", "max_results and max_events must be ≥ 1, max_bytes ≥ 1KiB, max_age ≥ 0 and commit_wait within 0..1s")
+	}
+	if !slices.Contains(OutboxPolicies, c.Outbox.Policy) {
+		bad("outbox.policy", "%q is not one of %s", c.Outbox.Policy, strings.Join(OutboxPolicies, ", "))
+	}
+	if q := c.MQTT; q.Password != "" && q.PasswordFile != "" {
+		bad("mqtt.password_file", "set either mqtt.password or mqtt.password_file, not both")
 	}
 	models := map[string]bool{}
 	for i, m := range c.Models {

@@ -9,8 +9,8 @@ import (
 	"github.com/edge-agent/edge-agent/agent/result"
 )
 
-// WriterSink writes each result as one JSON line. It numbers results itself (per process,
-// from 1): the durable outbox replaces it as the numbering sink.
+// WriterSink writes each result as one JSON line. A result that an earlier sink (the outbox)
+// numbered keeps its number; otherwise the sink numbers results itself, per process from 1.
 type WriterSink struct {
 	mu  sync.Mutex
 	w   io.Writer
@@ -23,12 +23,14 @@ func NewWriterSink(w io.Writer) *WriterSink {
 	return &WriterSink{w: w, enc: json.NewEncoder(w)}
 }
 
-// Put assigns the next sequence number and writes the line.
+// Put numbers the result when it has no number yet and writes the line.
 func (s *WriterSink) Put(_ context.Context, r *result.Result) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.seq++
-	r.Seq = s.seq
+	if r.Seq == 0 {
+		s.seq++
+		r.Seq = s.seq
+	}
 	return s.enc.Encode(r)
 }
 

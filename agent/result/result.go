@@ -15,8 +15,9 @@ type Result struct {
 	Model   string `json:"model"`
 	Version string `json:"version"`
 	Variant string `json:"variant,omitempty"`
-	// Seq is assigned by the sink that stores the result (per device, increasing).
-	Seq       uint64    `json:"seq"`
+	// Seq is assigned by the sink that stores the result (per device, increasing). It is
+	// omitted while zero: the outbox stores records without it and the link inserts it.
+	Seq       uint64    `json:"seq,omitempty"`
 	TS        time.Time `json:"ts"`
 	LatencyUS int64     `json:"latency_us"`
 	Source    string    `json:"source,omitempty"`
@@ -51,4 +52,26 @@ type Box struct {
 	XMin float64 `json:"xmin"`
 	YMax float64 `json:"ymax"`
 	XMax float64 `json:"xmax"`
+}
+
+// EventSchema is the value of Event.Schema (docs/mqtt.md).
+const EventSchema = "edge-agent/event/v1"
+
+// Event is something that happened on the device that the fleet should hear about: a health
+// condition set or cleared, a model version installed or rolled back, results dropped by the
+// outbox's caps. Events travel through the outbox like results, on their own stream.
+type Event struct {
+	Schema    string    `json:"schema"`
+	Seq       uint64    `json:"seq,omitempty"`
+	Device    string    `json:"device"`
+	TS        time.Time `json:"ts"`
+	Type      string    `json:"type"`     // health.set, health.cleared, deploy.<type>, outbox.dropped, agent.started, agent.stopping
+	Severity  string    `json:"severity"` // info | warning | error
+	Component string    `json:"component,omitempty"`
+	Code      string    `json:"code,omitempty"`
+	Model     string    `json:"model,omitempty"`
+	Version   string    `json:"version,omitempty"`
+	Message   string    `json:"message"`
+	// Data carries type-specific figures (counts, caps) as numbers or strings.
+	Data map[string]any `json:"data,omitempty"`
 }

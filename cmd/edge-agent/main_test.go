@@ -138,6 +138,7 @@ func TestBinaryRunsAndStopsOnSIGTERM(t *testing.T) {
 	}
 	cfg := filepath.Join(t.TempDir(), "config.yaml")
 	os.WriteFile(cfg, []byte(`device: test-board
+state_dir: `+t.TempDir()+`
 sources:
   - {name: sweep, kind: synthetic, rate: 100, synthetic: {wave: sine, phase: true, offset: -3.14159}}
 models:

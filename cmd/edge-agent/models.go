@@ -68,7 +68,7 @@ func offlineAgent(cfg *config.Config, stderr io.Writer) (*agent.Agent, error) {
 	}
 	off := false
 	cfg.Stdout = &off
-	return agent.New(cfg, agent.Options{Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	return agent.New(cfg, agent.Options{NoFleet: true, Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 }
 
 func modelsInstall(cfg *config.Config, bundlePath string, wait time.Duration, stdout, stderr io.Writer) error {

@@ -69,6 +69,10 @@ func TestImportRules(t *testing.T) {
 				}
 			}
 			for lib, owner := range owners {
+				// internal/mqtttest is the fleet-side consumer tests use; TestTestHelpersStayOutOfBinaries keeps it out of binaries.
+				if me == "internal/mqtttest" && lib == "github.com/eclipse/paho.mqtt.golang" {
+					continue
+				}
 				if (imp == lib || strings.HasPrefix(imp, lib+"/")) && me != owner {
 					t.Errorf("%s imports %s; only %s may", me, imp, owner)
 				}
@@ -76,6 +80,22 @@ func TestImportRules(t *testing.T) {
 			if strings.HasPrefix(me, "agent/") && strings.HasPrefix(dep, "cmd/") {
 				t.Errorf("%s imports %s: dependencies point from cmd to agent", me, dep)
 			}
+		}
+	}
+}
+
+// Test helpers (real brokers, consumers, signed fixture bundles) never end up in a binary.
+func TestTestHelpersStayOutOfBinaries(t *testing.T) {
+	cmd := exec.Command("go", "list", "-deps", "./cmd/...")
+	cmd.Dir = testenv.Root(t)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		switch rel(dep) {
+		case "internal/mqtttest", "internal/testenv", "internal/bundletest":
+			t.Errorf("a binary under cmd/ depends on the test helper %s", rel(dep))
 		}
 	}
 }
@@ -143,6 +163,8 @@ func TestNoCgoBinarySaysNoEngine(t *testing.T) {
 func TestLeafPackages(t *testing.T) {
 	allowed := map[string][]string{
 		"agent/health":          {},
+		"agent/outbox":          {},
+		"agent/link":            {"hal/sensor"},
 		"agent/result":          {},
 		"agent/infer":           {"internal/registry"},
 		"agent/infer/tflitefmt": {},

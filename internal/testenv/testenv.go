@@ -4,12 +4,15 @@
 package testenv
 
 import (
+	"bytes"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -95,6 +98,7 @@ type Broker struct {
 	conf string
 	cmd  *exec.Cmd
 	t    testing.TB
+	log  lockedBuffer // the broker's log (log_dest stderr), across restarts
 }
 
 // Mosquitto starts a real Mosquitto broker on a free loopback port with extra config lines
@@ -132,6 +136,7 @@ func Mosquitto(t testing.TB, extra ...string) *Broker {
 func (b *Broker) Start() {
 	b.t.Helper()
 	b.cmd = exec.Command(b.cmd.Path, b.cmd.Args[1:]...)
+	b.cmd.Stderr = &b.log
 	if err := b.cmd.Start(); err != nil {
 		b.t.Fatalf("start mosquitto: %v", err)
 	}
@@ -144,7 +149,7 @@ func (b *Broker) Start() {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	b.t.Fatalf("mosquitto did not listen on port %d within 10s", b.Port)
+	b.t.Fatalf("mosquitto did not listen on port %d within 10s; its log:\n%s", b.Port, b.Log())
 }
 
 // Stop kills the broker and waits for it.
@@ -153,4 +158,58 @@ func (b *Broker) Stop() {
 		b.cmd.Process.Kill()
 		b.cmd.Wait()
 	}
+}
+
+// Term stops the broker with SIGTERM, as a service manager would, and waits for it: unlike
+// Stop (SIGKILL), Mosquitto then writes its persistence file, so a broker started with
+// persistence keeps what it had acknowledged and queued across Start. After 10 s it kills.
+func (b *Broker) Term() {
+	if b.cmd == nil || b.cmd.Process == nil || b.cmd.ProcessState != nil {
+		return
+	}
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { b.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		b.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// Pause freezes the broker (SIGSTOP) without closing its connections, as a hung broker or a
+// network that silently drops everything would look; Resume (SIGCONT) lets it go on.
+func (b *Broker) Pause() {
+	if b.cmd != nil && b.cmd.Process != nil && b.cmd.ProcessState == nil {
+		b.cmd.Process.Signal(syscall.SIGSTOP)
+	}
+}
+
+// Resume continues a paused broker.
+func (b *Broker) Resume() {
+	if b.cmd != nil && b.cmd.Process != nil && b.cmd.ProcessState == nil {
+		b.cmd.Process.Signal(syscall.SIGCONT)
+	}
+}
+
+// Log returns what the broker logged so far (all runs), for failure messages.
+func (b *Broker) Log() string { return b.log.String() }
+
+// lockedBuffer collects a process's output while tests read it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
 }

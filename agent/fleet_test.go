@@ -1,0 +1,161 @@
+//go:build cgo
+
+package agent_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edge-agent/edge-agent/agent/outbox"
+	"github.com/edge-agent/edge-agent/internal/mqtttest"
+	"github.com/edge-agent/edge-agent/internal/testenv"
+)
+
+func outboxStats(t testing.TB, r *running) outbox.Stats {
+	t.Helper()
+	st, ok := r.a.FleetStats()["outbox"].(outbox.Stats)
+	if !ok {
+		t.Fatalf("FleetStats has no outbox: %v", r.a.FleetStats())
+	}
+	return st
+}
+
+// Results, events and the retained status reach a real broker: the results the pipeline's
+// sinks saw arrive with the same content and seq, a failing source becomes a health event,
+// and the status turns offline when the agent stops.
+func TestResultsEventsAndStatusReachTheBroker(t *testing.T) {
+	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{})
+	sub := mqtttest.NewConsumer(t, broker.URL, "edge/+/results", "edge/+/events", "edge/+/status")
+	r := start(t, fmt.Sprintf(`
+device: fleet-1
+mqtt: {broker: %s, batch_wait: 20ms, backoff_min: 50ms, backoff_max: 200ms}
+sources:
+  - {name: sweep, kind: synthetic, rate: 200, synthetic: {wave: sine, phase: true, offset: -3.14159}}
+  - {name: broken, kind: command, command: {argv: ["false"], format: ndjson}}
+models:
+  - {name: sin, path: @GOTFLITE@/sin/sin_model.tflite, sources: [sweep, broken], output: {kind: regression, regression: {names: [y]}}}
+`, broker.URL))
+	mqtttest.WaitFor(t, 20*time.Second, "100 results at the broker", func() bool { return sub.Count("results", "fleet-1") >= 100 })
+	mqtttest.WaitFor(t, 20*time.Second, "the failing source's health event", func() bool {
+		for _, e := range sub.Records("events", "fleet-1") {
+			if strings.Contains(string(e), `"type":"health.set"`) && strings.Contains(string(e), `"code":"source/broken"`) {
+				return true
+			}
+		}
+		return false
+	})
+	var status struct {
+		State, Session string
+		Models         []struct{ Name, Version string }
+	}
+	json.Unmarshal(sub.Status("fleet-1"), &status)
+	if status.State != "online" || status.Session == "" || len(status.Models) != 1 || status.Models[0].Name != "sin" {
+		t.Errorf("status %s; want online with a session and the sin model", sub.Status("fleet-1"))
+	}
+	r.stop()
+
+	seen := r.sink.byModel("sin")
+	if len(seen) < 100 {
+		t.Fatalf("sink saw %d results", len(seen))
+	}
+	mqtttest.WaitFor(t, 10*time.Second, "every stored result at the broker", func() bool {
+		return sub.Count("results", "fleet-1") >= len(seen)
+	})
+	for i, res := range seen {
+		if i > 0 && res.Seq <= seen[i-1].Seq {
+			t.Fatalf("seq %d after %d: the outbox numbers results in order", res.Seq, seen[i-1].Seq)
+		}
+		got, ok := sub.Record("results", "fleet-1", res.Seq)
+		if !ok {
+			t.Fatalf("result seq %d never arrived", res.Seq)
+		}
+		want, _ := json.Marshal(res)
+		var a, b map[string]any
+		json.Unmarshal(want, &a)
+		json.Unmarshal(got, &b)
+		if !reflect.DeepEqual(a, b) {
+			t.Fatalf("seq %d: the sink saw %s\nthe broker got %s", res.Seq, want, got)
+		}
+	}
+	events := sub.Records("events", "fleet-1")
+	if len(events) == 0 || !strings.Contains(string(events[0]), `"type":"agent.started"`) {
+		t.Errorf("first event %s; want agent.started", events[:min(1, len(events))])
+	}
+	mqtttest.WaitFor(t, 10*time.Second, "the offline status", func() bool {
+		return strings.Contains(string(sub.Status("fleet-1")), `"state":"offline"`)
+	})
+	if d := sub.Duplicates("results", "fleet-1"); d != 0 {
+		t.Errorf("%d duplicate results without any outage", d)
+	}
+}
+
+// A long outage reaches the outbox's cap: the agent keeps serving, drop-oldest evicts exactly
+// the oldest results (counted, announced in an event), and after the broker returns every
+// result that was not dropped arrives.
+func TestLongOutageDropsExactlyTheOldest(t *testing.T) {
+	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{Persist: true})
+	sub := mqtttest.NewConsumer(t, broker.URL, "edge/+/results", "edge/+/events")
+	broker.Term() // down before the agent starts: nothing can be sent until it returns
+	const frames = 3000
+	r := start(t, fmt.Sprintf(`
+device: fleet-2
+mqtt: {broker: %s, batch_wait: 20ms, backoff_min: 50ms, backoff_max: 200ms}
+outbox: {max_results: 500, policy: drop-oldest}
+sources:
+  - {name: sweep, kind: synthetic, rate: 3000, synthetic: {wave: sine, phase: true, offset: -3.14159, count: %d}}
+models:
+  - {name: sin, path: @GOTFLITE@/sin/sin_model.tflite, sources: [sweep], queue: 10000, output: {kind: regression, regression: {names: [y]}}}
+`, broker.URL, frames))
+	mqtttest.WaitFor(t, 30*time.Second, "every frame processed", func() bool {
+		st := r.a.Pipeline().Stats()
+		return len(st) == 1 && st[0].Results+st[0].Dropped >= frames
+	})
+	st := outboxStats(t, r).Streams["results"]
+	if st.Count != 500 || st.Dropped.Oldest != st.Appended-500 || st.Dropped.Newest != 0 {
+		t.Fatalf("outbox during the outage: %+v; want 500 kept and the rest dropped as oldest", st)
+	}
+	if h, ok := r.a.Health().Get("outbox"); !ok || !strings.Contains(h.Message, "full") {
+		t.Errorf("health condition outbox = %+v, %v; want a warning that it is full", h, ok)
+	}
+	dropped, appended := st.Dropped.Oldest, st.Appended
+
+	broker.Start()
+	mqtttest.WaitFor(t, 30*time.Second, "the kept results at the broker", func() bool {
+		return sub.Count("results", "fleet-2") >= 500
+	})
+	recs := sub.Records("results", "fleet-2")
+	for i, rec := range recs {
+		var s struct{ Seq uint64 }
+		json.Unmarshal(rec, &s)
+		if want := dropped + uint64(i) + 1; s.Seq != want {
+			t.Fatalf("received result %d has seq %d; want %d (exactly seqs %d..%d survive)", i, s.Seq, want, dropped+1, appended)
+		}
+	}
+	if uint64(len(recs)) != appended-dropped {
+		t.Fatalf("received %d results; want %d = %d appended - %d dropped", len(recs), appended-dropped, appended, dropped)
+	}
+	mqtttest.WaitFor(t, 10*time.Second, "an outbox.dropped event with the final total", func() bool {
+		for _, e := range sub.Records("events", "fleet-2") {
+			var ev struct {
+				Type string
+				Data struct {
+					TotalOldest uint64 `json:"total_oldest"`
+				}
+			}
+			json.Unmarshal(e, &ev)
+			if ev.Type == "outbox.dropped" && ev.Data.TotalOldest == dropped {
+				return true
+			}
+		}
+		return false
+	})
+	mqtttest.WaitFor(t, 10*time.Second, "the outbox emptied and its health condition cleared", func() bool {
+		_, warn := r.a.Health().Get("outbox")
+		return outboxStats(t, r).Streams["results"].Count == 0 && !warn
+	})
+	t.Logf("outage: %d results appended, %d dropped (oldest), %d delivered", appended, dropped, len(recs))
+}

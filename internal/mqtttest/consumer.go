@@ -1,0 +1,191 @@
+// Package mqtttest is the fleet side of the project's MQTT tests: a consumer that subscribes
+// the way a real fleet console does (persistent session, QoS 1) and collects what devices
+// send, by (device, seq). It imports paho directly because it stands outside the agent; only
+// tests import it (internal/depcheck checks that no binary does).
+package mqtttest
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+)
+
+// Consumer collects result and event envelopes (edge-agent/results/v1, edge-agent/events/v1)
+// and retained status messages.
+type Consumer struct {
+	t      testing.TB
+	c      mqtt.Client
+	mu     sync.Mutex
+	recs   map[string]map[uint64]json.RawMessage // stream/device → seq → record
+	dups   map[string]int
+	msgs   int
+	status map[string]json.RawMessage
+}
+
+// NewConsumer connects to broker with a persistent session and subscribes to topics at QoS 1
+// (again after every reconnect). It disconnects when the test ends.
+func NewConsumer(t testing.TB, broker string, topics ...string) *Consumer {
+	t.Helper()
+	k := &Consumer{t: t, recs: map[string]map[uint64]json.RawMessage{}, dups: map[string]int{}, status: map[string]json.RawMessage{}}
+	opts := mqtt.NewClientOptions().AddBroker(broker).SetClientID(fmt.Sprintf("consumer-%08x", rand.Uint32())).
+		SetCleanSession(false).SetAutoReconnect(true).SetMaxReconnectInterval(200 * time.Millisecond).
+		SetOnConnectHandler(func(c mqtt.Client) {
+			for _, tp := range topics {
+				c.Subscribe(tp, 1, k.handle)
+			}
+		})
+	k.c = mqtt.NewClient(opts)
+	if tok := k.c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("consumer connect %s: %v", broker, tok.Error())
+	}
+	t.Cleanup(func() { k.c.Disconnect(100) })
+	return k
+}
+
+func (k *Consumer) handle(_ mqtt.Client, m mqtt.Message) {
+	payload := m.Payload()
+	if bytes.HasPrefix(payload, []byte{0x1f, 0x8b}) {
+		zr, err := gzip.NewReader(bytes.NewReader(payload))
+		if err == nil {
+			payload, err = io.ReadAll(zr)
+		}
+		if err != nil {
+			k.t.Errorf("gzip payload on %s: %v", m.Topic(), err)
+			return
+		}
+	}
+	var env struct {
+		Schema  string            `json:"schema"`
+		Device  string            `json:"device"`
+		Count   int               `json:"count"`
+		Results []json.RawMessage `json:"results"`
+		Events  []json.RawMessage `json:"events"`
+	}
+	if err := json.Unmarshal(payload, &env); err != nil {
+		k.t.Errorf("message on %s is not JSON (%v): %.200s", m.Topic(), err, payload)
+		return
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var stream string
+	var recs []json.RawMessage
+	switch env.Schema {
+	case "edge-agent/status/v1":
+		k.status[env.Device] = bytes.Clone(payload)
+		return
+	case "edge-agent/results/v1":
+		stream, recs = "results", env.Results
+	case "edge-agent/events/v1":
+		stream, recs = "events", env.Events
+	default:
+		return // metrics and anything else are not collected
+	}
+	if env.Count != len(recs) {
+		k.t.Errorf("%s message from %s says count %d but holds %d records", stream, env.Device, env.Count, len(recs))
+	}
+	k.msgs++
+	key := stream + "/" + env.Device
+	if k.recs[key] == nil {
+		k.recs[key] = map[uint64]json.RawMessage{}
+	}
+	for _, r := range recs {
+		var s struct{ Seq uint64 }
+		if json.Unmarshal(r, &s) != nil || s.Seq == 0 {
+			k.t.Errorf("%s record without seq from %s: %.200s", stream, env.Device, r)
+			continue
+		}
+		if _, ok := k.recs[key][s.Seq]; ok {
+			k.dups[key]++
+			continue
+		}
+		k.recs[key][s.Seq] = r
+	}
+}
+
+// Record returns the record with seq from a device's stream ("results" or "events").
+func (k *Consumer) Record(stream, device string, seq uint64) (json.RawMessage, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	r, ok := k.recs[stream+"/"+device][seq]
+	return r, ok
+}
+
+// Count is how many distinct records of a device's stream arrived.
+func (k *Consumer) Count(stream, device string) int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.recs[stream+"/"+device])
+}
+
+// Missing counts the seqs that have not arrived.
+func (k *Consumer) Missing(stream, device string, seqs []uint64) int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	n := 0
+	for _, s := range seqs {
+		if _, ok := k.recs[stream+"/"+device][s]; !ok {
+			n++
+		}
+	}
+	return n
+}
+
+// Records returns a device's stream in seq order.
+func (k *Consumer) Records(stream, device string) []json.RawMessage {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	m := k.recs[stream+"/"+device]
+	out := make([]json.RawMessage, 0, len(m))
+	seqs := make([]uint64, 0, len(m))
+	for s := range m {
+		seqs = append(seqs, s)
+	}
+	slices.Sort(seqs)
+	for _, s := range seqs {
+		out = append(out, m[s])
+	}
+	return out
+}
+
+// Duplicates is how many records of a device's stream arrived more than once; Messages is
+// how many envelopes arrived in all.
+func (k *Consumer) Duplicates(stream, device string) int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.dups[stream+"/"+device]
+}
+
+// Messages is how many result and event envelopes arrived.
+func (k *Consumer) Messages() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.msgs
+}
+
+// Status is the last status message of a device (nil before one arrived).
+func (k *Consumer) Status(device string) json.RawMessage {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.status[device]
+}
+
+// WaitFor polls cond until it holds or the timeout passes, then fails the test with what.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
