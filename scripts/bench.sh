@@ -9,6 +9,10 @@
 #  2. Preprocess and postprocess micro-benchmarks (time and allocations).
 #  3. Peak RSS (VmHWM) of `edge-agent run` serving the SSD model on a looping camera file,
 #     against the same binary with no model loaded.
+#  4. Outbox: durable appends (group commit) from 64 writers vs a raw bbolt Batch baseline,
+#     interleaved in the same run.
+#  5. A backlog of BACKLOG (1,000,000) results: RSS of the agent holding it offline, then the
+#     drain to a local Mosquitto at QoS 1 vs a raw paho publish loop of the same envelopes.
 # Results go to stdout and .bench/; record them in docs/benchmarks.md with machine and date.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -72,3 +76,13 @@ awk -v i="$idle" -v s="$ssd" -v secs="$secs" 'BEGIN {
   printf "idle agent (camera source, no model)  peak RSS %6.1f MB\n", i/1024
   printf "agent serving SSD (%s s, 10 frames/s)  peak RSS %6.1f MB  (goal <= 60 MB; %.2fx idle)\n", secs, s/1024, s/i
 }' | tee "$out/rss.txt"
+
+echo "== 4. outbox: durable append with group commit vs raw bbolt Batch (64 writers, 200-byte records) =="
+go test -run '^$' -bench DurableAppend -benchtime 200000x -count 1 ./agent/outbox 2>/dev/null | grep -E '^Benchmark' | tee "$out/outbox.txt" \
+  | awk '{ for (i=3;i<=NF;i+=2) v[$(i+1)]=$i;
+           printf "baseline %9.0f/s  outbox %9.0f/s  ratio %.3f  (records per commit: baseline %.1f, outbox %.1f; goal >= 50000/s and >= 0.8)\n", v["baseline/s"], v["outbox/s"], v["ratio"], v["baseline_recs/commit"], v["outbox_recs/commit"] }'
+
+echo "== 5. backlog of ${BACKLOG:-1000000} results: RSS while buffered, drain to Mosquitto vs raw paho =="
+BACKLOG=${BACKLOG:-1000000} go test -run '^$' -bench BacklogDrain -benchtime 1x -timeout 30m ./cmd/edge-agent 2>/dev/null | grep -E '^Benchmark' | tee "$out/backlog.txt" \
+  | awk '{ for (i=3;i<=NF;i+=2) v[$(i+1)]=$i;
+           printf "fill %8.0f/s  drain: agent %8.0f/s  raw paho %8.0f/s  ratio %.3f (goal >= 100000/s)\nRSS with the backlog buffered %.1f MB (goal <= 60 MB), peak during the drain %.1f MB, file %.0f MB\n", v["fill/s"], v["agent/s"], v["raw-paho/s"], v["ratio"], v["rss-buffered-MB"], v["peak-rss-MB"], v["file-MB"] }'

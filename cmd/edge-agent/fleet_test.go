@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -35,7 +36,7 @@ func buildAgent(t testing.TB) string {
 func TestKill9LosesNoAcknowledgedResult(t *testing.T) {
 	bin := buildAgent(t)
 	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{Persist: true})
-	sub := mqtttest.NewConsumer(t, broker.URL, "edge/+/results")
+	sub := mqtttest.NewConsumer(t, broker.URL, "edge/+/results", "edge/+/status")
 	cfg := filepath.Join(t.TempDir(), "config.yaml")
 	os.WriteFile(cfg, []byte(`device: kill-test
 state_dir: `+t.TempDir()+`
@@ -102,6 +103,12 @@ models:
 	}
 
 	// One more run, undisturbed, sends whatever the killed runs left in the outbox.
+	session := func() string {
+		var st struct{ State, Session string }
+		json.Unmarshal(sub.Status("kill-test"), &st)
+		return st.State + "/" + st.Session
+	}
+	before := session()
 	cmd := exec.Command(bin, "run", "--config", cfg)
 	cmd.Stdout = io.Discard
 	var stderr bytes.Buffer
@@ -119,6 +126,11 @@ models:
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// Its own online status shows it is up (and handles SIGTERM) before it is stopped.
+	mqtttest.WaitFor(t, 20*time.Second, "the final run's online status", func() bool {
+		s := session()
+		return s != before && strings.HasPrefix(s, "online/")
+	})
 	cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("final run: %v\n%s", err, stderr.String())
