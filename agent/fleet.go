@@ -67,6 +67,10 @@ func openFleet(cfg *config.Config, log *slog.Logger, h *health.Tracker) (*fleet,
 	if err != nil {
 		return nil, fmt.Errorf("outbox: %w", err)
 	}
+	st := ob.Stats()
+	rs := st.Streams[streamResults]
+	log.Info("outbox open", "file", o.Path, "results_waiting", rs.Count, "events_waiting", st.Streams[streamEvents].Count,
+		"next_seq", rs.LastSeq+1, "dropped_total", rs.Dropped.Oldest+rs.Dropped.Newest+rs.Dropped.Age, "file_bytes", st.FileBytes)
 	f := &fleet{
 		cfg: cfg, log: log, health: h, ob: ob,
 		results: ob.Stream(streamResults),
@@ -176,6 +180,9 @@ func (f *fleet) run(ctx context.Context, metrics func() map[string]any) {
 	f.flush(2 * time.Second)
 	stopLink()
 	<-linkDone
+	rs, ls := f.results.Stats(), f.link.Stats()
+	f.log.Info("fleet link stopped", "results_waiting", rs.Count, "events_waiting", f.events.Stats().Count,
+		"results_sent", ls.Streams[streamResults].Records, "resent", ls.Streams[streamResults].Resent, "dropped_total", rs.Dropped.Oldest+rs.Dropped.Newest+rs.Dropped.Age)
 }
 
 // flush waits, at most limit, until both streams are empty, if the link is online.

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/edge-agent/edge-agent/internal/durable"
 )
 
 // compactTxBytes bounds one transaction of the copy, and so the memory it takes.
@@ -83,7 +85,7 @@ func (o *Outbox) compact() (err error) {
 	}
 	// bbolt fsyncs its commits; this makes the file's size and metadata durable too
 	// before the rename makes it the outbox.
-	if err := fsyncPath(tmp); err != nil {
+	if err := durable.Sync(tmp); err != nil {
 		return fmt.Errorf("fsync %s: %w", tmp, err)
 	}
 
@@ -95,7 +97,7 @@ func (o *Outbox) compact() (err error) {
 	o.db = nil
 	renameErr := os.Rename(tmp, o.path)
 	if renameErr == nil {
-		if err := fsyncPath(filepath.Dir(o.path)); err != nil {
+		if err := durable.Sync(filepath.Dir(o.path)); err != nil {
 			o.log.Error("outbox: fsync directory after compaction", "dir", filepath.Dir(o.path), "err", err)
 		}
 	}
@@ -110,19 +112,6 @@ func (o *Outbox) compact() (err error) {
 		return fmt.Errorf("rename %s: %w", tmp, renameErr)
 	}
 	return nil
-}
-
-// fsyncPath fsyncs a file or directory.
-func fsyncPath(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // mkdirAllSync is os.MkdirAll (mode 0700) that also fsyncs the parent of every directory
@@ -143,5 +132,5 @@ func mkdirAllSync(dir string) error {
 	if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
 		return err
 	}
-	return fsyncPath(parent)
+	return durable.Sync(parent)
 }

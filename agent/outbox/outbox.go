@@ -36,6 +36,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/edge-agent/edge-agent/internal/durable"
 )
 
 // Errors the outbox wraps, for decisions with errors.Is.
@@ -232,7 +234,7 @@ func Open(path string, opt Options) (*Outbox, error) {
 	if created {
 		// bbolt fsyncs the file, not its directory entry: without this a power cut could
 		// take the whole new file, and what was appended to it, away.
-		if err := fsyncPath(filepath.Dir(path)); err != nil {
+		if err := durable.Sync(filepath.Dir(path)); err != nil {
 			db.Close()
 			return nil, fmt.Errorf("outbox %s: fsync its directory: %w", path, err)
 		}

@@ -163,7 +163,7 @@ func TestNoCgoBinarySaysNoEngine(t *testing.T) {
 func TestLeafPackages(t *testing.T) {
 	allowed := map[string][]string{
 		"agent/health":          {},
-		"agent/outbox":          {},
+		"agent/outbox":          {"internal/durable"},
 		"agent/link":            {"hal/sensor"},
 		"agent/result":          {},
 		"agent/infer":           {"internal/registry"},

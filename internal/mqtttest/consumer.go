@@ -27,6 +27,7 @@ type Consumer struct {
 	mu     sync.Mutex
 	recs   map[string]map[uint64]json.RawMessage // stream/device → seq → record
 	dups   map[string]int
+	redel  map[string]int
 	msgs   int
 	status map[string]json.RawMessage
 }
@@ -35,7 +36,7 @@ type Consumer struct {
 // (again after every reconnect). It disconnects when the test ends.
 func NewConsumer(t testing.TB, broker string, topics ...string) *Consumer {
 	t.Helper()
-	k := &Consumer{t: t, recs: map[string]map[uint64]json.RawMessage{}, dups: map[string]int{}, status: map[string]json.RawMessage{}}
+	k := &Consumer{t: t, recs: map[string]map[uint64]json.RawMessage{}, dups: map[string]int{}, redel: map[string]int{}, status: map[string]json.RawMessage{}}
 	opts := mqtt.NewClientOptions().AddBroker(broker).SetClientID(fmt.Sprintf("consumer-%08x", rand.Uint32())).
 		SetCleanSession(false).SetAutoReconnect(true).SetMaxReconnectInterval(200 * time.Millisecond).
 		SetOnConnectHandler(func(c mqtt.Client) {
@@ -104,7 +105,13 @@ func (k *Consumer) handle(_ mqtt.Client, m mqtt.Message) {
 			continue
 		}
 		if _, ok := k.recs[key][s.Seq]; ok {
-			k.dups[key]++
+			// A message the broker itself delivers again (its DUP flag set: our PUBACK to it
+			// was lost, e.g. in a broker restart) is the broker's repeat, not the device's.
+			if m.Duplicate() {
+				k.redel[key]++
+			} else {
+				k.dups[key]++
+			}
 			continue
 		}
 		k.recs[key][s.Seq] = r
@@ -156,12 +163,20 @@ func (k *Consumer) Records(stream, device string) []json.RawMessage {
 	return out
 }
 
-// Duplicates is how many records of a device's stream arrived more than once; Messages is
-// how many envelopes arrived in all.
+// Duplicates is how many records of a device's stream arrived again because the device sent
+// them again (in a message without the DUP flag).
 func (k *Consumer) Duplicates(stream, device string) int {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.dups[stream+"/"+device]
+}
+
+// Redelivered is how many records arrived again because the broker delivered a message to
+// this consumer again (DUP flag set).
+func (k *Consumer) Redelivered(stream, device string) int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.redel[stream+"/"+device]
 }
 
 // Messages is how many result and event envelopes arrived.

@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/edge-agent/edge-agent/internal/durable"
 )
 
 // writeAtomic replaces path with data: it writes path.tmp, fsyncs it, renames it over path
@@ -47,19 +49,7 @@ func (s *Store) writeAtomic(path string, data []byte, point string) (err error) 
 }
 
 // syncDir fsyncs a directory, making the renames and creations in it durable.
-func syncDir(dir string) error { return fsyncPath(dir) }
-
-func fsyncPath(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
+func syncDir(dir string) error { return durable.Sync(dir) }
 
 // syncTree fsyncs every file and directory under dir, dir included.
 func syncTree(dir string) error {
@@ -67,7 +57,7 @@ func syncTree(dir string) error {
 		if err != nil {
 			return err
 		}
-		return fsyncPath(p)
+		return durable.Sync(p)
 	})
 }
 
