@@ -56,16 +56,32 @@ type fleet struct {
 // openFleet opens the outbox and builds the link (which connects only when Run starts).
 func openFleet(cfg *config.Config, log *slog.Logger, h *health.Tracker) (*fleet, error) {
 	o := cfg.Outbox
-	ob, err := outbox.Open(o.Path, outbox.Options{
+	opts := outbox.Options{
 		Streams: map[string]outbox.Caps{
 			streamResults: {MaxCount: o.MaxResults, MaxBytes: int64(o.MaxBytes), MaxAge: o.MaxAge, Policy: outbox.Policy(o.Policy)},
 			streamEvents:  {MaxCount: o.MaxEvents, MaxBytes: int64(o.MaxEvents) * 4096, MaxAge: o.MaxAge, Policy: outbox.DropOldest},
 		},
 		MaxWait: o.CommitWait,
 		Logger:  log.With("part", "outbox"),
-	})
+	}
+	ob, err := outbox.Open(o.Path, opts)
+	var moved string
+	if errors.Is(err, outbox.ErrDamaged) {
+		// A damaged file must not keep the agent from serving (and storing new results):
+		// keep it for inspection under another name and start a new one.
+		moved = fmt.Sprintf("%s.damaged-%d", o.Path, time.Now().Unix())
+		log.Error("outbox damaged: moved aside, starting a new one", "file", o.Path, "moved_to", moved, "err", err)
+		if rerr := os.Rename(o.Path, moved); rerr != nil {
+			return nil, fmt.Errorf("outbox: %w (and moving it aside failed: %v)", err, rerr)
+		}
+		ob, err = outbox.Open(o.Path, opts)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("outbox: %w", err)
+	}
+	if moved != "" {
+		h.Set(health.Condition{Code: "outbox-damaged", Severity: health.Warning, Component: "outbox",
+			Message: fmt.Sprintf("the outbox file was damaged and moved to %s; results it held were not sent (inspect or delete it)", moved)})
 	}
 	st := ob.Stats()
 	rs := st.Streams[streamResults]
@@ -77,6 +93,10 @@ func openFleet(cfg *config.Config, log *slog.Logger, h *health.Tracker) (*fleet,
 		events:  ob.Stream(streamEvents),
 		started: time.Now(),
 		evq:     make(chan result.Event, eventQueue),
+	}
+	if moved != "" {
+		f.emit(result.Event{Type: "outbox.damaged", Severity: "warning", Component: "outbox",
+			Message: "the outbox file was damaged and moved aside; a new one was started", Data: map[string]any{"moved_to": moved}})
 	}
 	lc, err := linkConfig(cfg)
 	if err == nil {

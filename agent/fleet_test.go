@@ -3,13 +3,20 @@
 package agent_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/edge-agent/edge-agent/agent"
+	"github.com/edge-agent/edge-agent/agent/config"
 	"github.com/edge-agent/edge-agent/agent/link"
 	"github.com/edge-agent/edge-agent/agent/outbox"
 	"github.com/edge-agent/edge-agent/internal/mqtttest"
@@ -209,4 +216,52 @@ models:
 	}
 	t.Logf("%d outages: %d results stored, all delivered; %d sent twice by the agent (bound %d), %d redelivered by the broker",
 		outages, len(seen), dups, outages*inFlight*batchMax, sub.Redelivered("results", "fleet-3"))
+}
+
+// A damaged outbox file does not keep the agent from serving: it is moved aside, a new one
+// is started, and a health condition says where the old one went.
+func TestDamagedOutboxIsMovedAside(t *testing.T) {
+	state := t.TempDir()
+	if err := os.WriteFile(filepath.Join(state, "outbox.db"), bytes.Repeat([]byte("not a database "), 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := start(t, `
+device: fleet-4
+state_dir: `+state+`
+sources:
+  - {name: sweep, kind: synthetic, rate: 200, synthetic: {wave: sine, phase: true, offset: -3.14159}}
+models:
+  - {name: sin, path: @GOTFLITE@/sin/sin_model.tflite, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
+`)
+	waitFor(t, "results stored in the new outbox", func() bool { return len(r.sink.byModel("sin")) >= 10 })
+	c, ok := r.a.Health().Get("outbox-damaged")
+	moved, _ := filepath.Glob(filepath.Join(state, "outbox.db.damaged-*"))
+	if !ok || len(moved) != 1 || !strings.Contains(c.Message, moved[0]) {
+		t.Fatalf("condition %+v (%v), moved files %v; want one moved file named in the condition", c, ok, moved)
+	}
+	if b, _ := os.ReadFile(moved[0]); !bytes.HasPrefix(b, []byte("not a database")) {
+		t.Errorf("the moved file does not hold the damaged content")
+	}
+}
+
+// Settings the link checks (URL scheme, TLS files) fail agent.New with the YAML field named.
+func TestBadMQTTSettingsNameTheField(t *testing.T) {
+	for _, c := range []struct{ mqtt, want string }{
+		{"{broker: ftp://b:21}", "mqtt.broker"},
+		{"{broker: ssl://b:8883, ca_file: /nonexistent/ca.pem}", "mqtt.ca_file"},
+		{"{broker: ssl://b:8883, cert_file: /nonexistent/c.pem}", "mqtt.key_file"},
+		{"{broker: tcp://b:1883, password_file: /nonexistent/pw}", "mqtt.password_file"},
+	} {
+		cfg, err := config.Parse([]byte("state_dir: "+t.TempDir()+"\nmqtt: "+c.mqtt), "")
+		if err != nil {
+			t.Fatalf("%s: config: %v", c.mqtt, err)
+		}
+		a, err := agent.New(cfg, agent.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err == nil {
+			a.Close()
+			t.Errorf("%s: agent.New succeeded; want an error naming %s", c.mqtt, c.want)
+		} else if !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v; want it to name %s", c.mqtt, err, c.want)
+		}
+	}
 }

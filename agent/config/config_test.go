@@ -55,6 +55,11 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"models: [{name: m, path: x, output: {kind: segmentation}}]", "models[0].output.kind"},
 		{"modles: []", "field modles not found"},
 		{"device: a/b", "device"},
+		{"outbox: {policy: drop-random}", `outbox.policy: "drop-random" is not one of drop-oldest, drop-newest, block`},
+		{"outbox: {max_bytes: 12 parsecs}", `"12 parsecs" is not a size`},
+		{"outbox: {max_results: -1}", "outbox: max_results and max_events must be ≥ 1"},
+		{"mqtt: {password: a, password_file: b}", "mqtt.password_file: set either mqtt.password or mqtt.password_file"},
+		{"mqtt: {brokr: x}", "field brokr not found"},
 	} {
 		_, err := config.Parse([]byte(c.yaml), "")
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -66,5 +71,49 @@ func TestErrorsNameTheField(t *testing.T) {
 func TestEmptyFileIsAllDefaults(t *testing.T) {
 	if _, err := config.Parse(nil, ""); err != nil {
 		t.Fatalf("empty config: %v", err)
+	}
+}
+
+func TestByteSizes(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want config.ByteSize
+	}{
+		{"1048576", 1 << 20}, {"512KiB", 512 << 10}, {"256MiB", 256 << 20}, {"1GiB", 1 << 30},
+		{"10MB", 10_000_000}, {"64kB", 64_000}, {"7B", 7}, {" 3 MiB ", 3 << 20},
+	} {
+		got, err := config.ParseByteSize(c.in)
+		if err != nil || got != c.want {
+			t.Errorf("ParseByteSize(%q) = %d, %v; want %d", c.in, got, err, c.want)
+		}
+	}
+	for _, bad := range []string{"", "MiB", "-1", "1.5GiB", "1TiB", "9223372036854775807GiB"} {
+		if _, err := config.ParseByteSize(bad); err == nil {
+			t.Errorf("ParseByteSize(%q) succeeded; want an error", bad)
+		}
+	}
+}
+
+func TestOutboxAndMQTTDefaults(t *testing.T) {
+	c, err := config.Parse([]byte("state_dir: /srv/ea\nmqtt: {broker: tcp://b:1883, ca_file: ca.pem}"), "/etc/ea")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []struct {
+		name string
+		got  any
+		want any
+	}{
+		{"outbox.path", c.Outbox.Path, "/srv/ea/outbox.db"},
+		{"outbox.max_results", c.Outbox.MaxResults, 1_000_000},
+		{"outbox.max_bytes", c.Outbox.MaxBytes, config.ByteSize(256 << 20)},
+		{"outbox.policy", c.Outbox.Policy, "drop-oldest"},
+		{"outbox.max_events", c.Outbox.MaxEvents, 10_000},
+		{"mqtt.prefix", c.MQTT.Prefix, "edge"},
+		{"mqtt.ca_file", c.MQTT.CAFile, "/etc/ea/ca.pem"},
+	} {
+		if f.got != f.want {
+			t.Errorf("%s = %v; want %v", f.name, f.got, f.want)
+		}
 	}
 }

@@ -176,6 +176,8 @@ func (e *notOutboxError) Error() string {
 	return fmt.Sprintf("outbox %s is not an outbox file (%s): move it aside; the agent will create a new one", e.path, e.why)
 }
 
+func (e *notOutboxError) Unwrap() error { return ErrDamaged }
+
 func tsTime(ns int64) time.Time {
 	if ns == 0 {
 		return time.Time{}

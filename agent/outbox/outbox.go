@@ -48,6 +48,9 @@ var (
 	ErrClosed = errors.New("outbox is closed")
 	// ErrTooLarge: the record is larger than Options.MaxRecord or the stream's MaxBytes.
 	ErrTooLarge = errors.New("outbox record is too large")
+	// ErrDamaged: the file is not a usable outbox (damaged, or another program's file).
+	// Open's error says to move it aside; the agent does so itself.
+	ErrDamaged = errors.New("outbox file is damaged")
 )
 
 // Policy says what a stream does with a new record when it is at its caps.
@@ -335,7 +338,7 @@ func openBolt(path string, lockTimeout time.Duration) (db *bolt.DB, err error) {
 			if file != nil {
 				file.Close()
 			}
-			db, err = nil, fmt.Errorf("outbox %s is damaged (%v): move it aside; the agent will create a new one", path, r)
+			db, err = nil, fmt.Errorf("outbox %s is damaged (%v): move it aside; the agent will create a new one: %w", path, r, ErrDamaged)
 		}
 	}()
 	db, err = bolt.Open(path, 0o600, opts)
@@ -348,7 +351,7 @@ func openBolt(path string, lockTimeout time.Duration) (db *bolt.DB, err error) {
 		return nil, fmt.Errorf("open outbox %s: %w", path, err)
 	default:
 		// Invalid, checksum or version mismatch, too small, unreadable meta pages.
-		return nil, fmt.Errorf("outbox %s is not a usable outbox file (%v): move it aside; the agent will create a new one", path, err)
+		return nil, fmt.Errorf("outbox %s is not a usable outbox file (%v): move it aside; the agent will create a new one: %w", path, err, ErrDamaged)
 	}
 }
 

@@ -702,8 +702,8 @@ func TestCorruptFile(t *testing.T) {
 			t.Errorf("%s: Open succeeded; want an error", tc.name)
 			continue
 		}
-		if msg := err.Error(); !strings.Contains(msg, path) || !strings.Contains(msg, "move it aside") {
-			t.Errorf("%s: got %q; want the file's name and what to do", tc.name, msg)
+		if msg := err.Error(); !strings.Contains(msg, path) || !strings.Contains(msg, "move it aside") || !errors.Is(err, ErrDamaged) {
+			t.Errorf("%s: got %q; want ErrDamaged with the file's name and what to do", tc.name, msg)
 		} else {
 			t.Logf("%s: %v", tc.name, err)
 		}
