@@ -26,7 +26,10 @@ type Config struct {
 	Device string
 	// Prefix is the first topic level(s), default "edge"; no wildcards, no leading or
 	// trailing '/'.
-	Prefix             string
+	Prefix string
+	// Groups are the fleet groups this device belongs to: it takes commands on
+	// <prefix>/group/<g>/cmd for each, besides <prefix>/<device>/cmd and <prefix>/all/cmd.
+	Groups             []string
 	Username, Password string
 	// CAFile verifies the broker (the system roots when empty). CertFile and KeyFile are the
 	// client certificate for mutual TLS (both or neither). ServerName overrides the name the
@@ -145,6 +148,11 @@ func (c Config) resolve() (*resolved, error) {
 		bad("mqtt.prefix", "%q must not start or end with '/' or hold an empty level", c.Prefix)
 	case strings.HasPrefix(c.Prefix, "$"):
 		bad("mqtt.prefix", "%q must not start with '$' (brokers reserve those topics)", c.Prefix)
+	}
+	for i, g := range c.Groups {
+		if g == "" || len(g) > maxDeviceBytes || strings.ContainsAny(g, "+#/\x00") || !utf8.ValidString(g) {
+			bad(fmt.Sprintf("mqtt.groups[%d]", i), "%q must be 1-%d bytes of UTF-8 without '+', '#', '/' (it is one MQTT topic level)", g, maxDeviceBytes)
+		}
 	}
 	if c.Password != "" && c.Username == "" {
 		bad("mqtt.username", "is empty but mqtt.password is set; MQTT 3.1.1 sends a password only with a user name")

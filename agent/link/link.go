@@ -57,7 +57,11 @@ type Options struct {
 	// Status returns extra top-level fields for the retained online status (a JSON object;
 	// may be nil). It is called from the link's goroutines when the status is published.
 	Status func() json.RawMessage
-	Now    func() time.Time // default time.Now
+	// Commands receives every message on the command topics (the device's, its groups',
+	// the broadcast one), including those the broker kept for the persistent session while
+	// the device was offline. It runs on paho's goroutine and must not block.
+	Commands func(topic string, payload []byte)
+	Now      func() time.Time // default time.Now
 }
 
 // Link states in Stats.
@@ -81,6 +85,9 @@ type Stats struct {
 	ConnectFailures uint64                 `json:"connect_failures"` // attempts that did not
 	MetricsSent     uint64                 `json:"metrics_sent"`
 	MetricsDropped  uint64                 `json:"metrics_dropped"` // offline, or the broker connection was behind
+	Commands        uint64                 `json:"commands"`        // messages received on the command topics
+	RepliesSent     uint64                 `json:"replies_sent"`
+	RepliesDropped  uint64                 `json:"replies_dropped"` // the reply queue was full
 	Streams         map[string]StreamStats `json:"streams"`
 }
 
@@ -101,7 +108,7 @@ type Link struct {
 	log     *slog.Logger
 	now     func() time.Time
 	streams []*stream
-	topics  struct{ status, metrics string }
+	topics  struct{ status, metrics, reply string }
 	running atomic.Bool
 	// bg holds paho calls that can block (see call) and connection writers (see
 	// queuedConn); Run waits for them before returning.
@@ -109,6 +116,10 @@ type Link struct {
 	// metrics holds payloads for the connection to send; PublishMetrics drops when full so a
 	// stalled connection never holds up the caller.
 	metrics chan []byte
+	// replies holds command replies for the connection to send (QoS 1); Reply drops and
+	// counts when it is full.
+	replies   chan []byte
+	cmdTopics []string
 
 	mu              sync.Mutex // guards the fields below and the counters of every stream
 	state           string
@@ -120,6 +131,9 @@ type Link struct {
 	connectFailures uint64
 	metricsSent     uint64
 	metricsDropped  uint64
+	repliesSent     uint64
+	repliesDropped  uint64
+	commands        uint64
 	subackWarned    bool
 	failStreak      int      // attempts that failed since the link was last online
 	connectLog      throttle // connect failures
@@ -154,13 +168,17 @@ func validStreamName(s string) bool {
 // metricsQueue bounds metrics waiting for the connection.
 const metricsQueue = 4
 
+// replyQueue bounds command replies waiting for the connection.
+const replyQueue = 256
+
 // New validates cfg and the streams; it does not connect.
 func New(cfg Config, opt Options) (*Link, error) {
 	r, err := cfg.resolve()
 	if err != nil {
 		return nil, fmt.Errorf("mqtt config: %w", err)
 	}
-	l := &Link{cfg: r, opt: opt, log: opt.Logger, now: opt.Now, metrics: make(chan []byte, metricsQueue)}
+	l := &Link{cfg: r, opt: opt, log: opt.Logger, now: opt.Now, metrics: make(chan []byte, metricsQueue),
+		replies: make(chan []byte, replyQueue)}
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
@@ -169,6 +187,13 @@ func New(cfg Config, opt Options) (*Link, error) {
 	}
 	l.topics.status = l.Topic("status")
 	l.topics.metrics = l.Topic("metrics")
+	l.topics.reply = l.Topic("cmd/reply")
+	if opt.Commands != nil {
+		l.cmdTopics = append(l.cmdTopics, l.Topic("cmd"), r.Prefix+"/all/cmd")
+		for _, g := range r.Groups {
+			l.cmdTopics = append(l.cmdTopics, r.Prefix+"/group/"+g+"/cmd")
+		}
+	}
 	seen := map[string]bool{}
 	for _, s := range opt.Streams {
 		switch {
@@ -337,6 +362,20 @@ func (l *Link) PublishMetrics(payload []byte) bool {
 	return false
 }
 
+// Reply queues a command reply for <prefix>/<device>/cmd/reply (QoS 1). Replies wait, in a
+// bounded queue, for a connection; false (counted) when the queue is full.
+func (l *Link) Reply(payload []byte) bool {
+	select {
+	case l.replies <- append([]byte(nil), payload...):
+		return true
+	default:
+		l.mu.Lock()
+		l.repliesDropped++
+		l.mu.Unlock()
+		return false
+	}
+}
+
 // Stats returns a snapshot.
 func (l *Link) Stats() Stats {
 	l.mu.Lock()
@@ -346,6 +385,7 @@ func (l *Link) Stats() Stats {
 		LastError: l.lastErr, LastErrorAt: l.lastErrAt,
 		Connects: l.connects, ConnectFailures: l.connectFailures,
 		MetricsSent: l.metricsSent, MetricsDropped: l.metricsDropped,
+		Commands: l.commands, RepliesSent: l.repliesSent, RepliesDropped: l.repliesDropped,
 		Streams: make(map[string]StreamStats, len(l.streams)),
 	}
 	if l.cfg.url != nil {

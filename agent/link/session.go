@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"sync"
 	"time"
 
@@ -212,6 +213,14 @@ func (s *session) close() {
 // onMessage runs on paho's router goroutine and must not block.
 func (s *session) onMessage(_ mqtt.Client, m mqtt.Message) {
 	if m.Topic() != s.l.topics.status {
+		// Every subscription is made without a callback, so messages the broker kept for
+		// the persistent session, which arrive before we subscribe again, land here too.
+		if s.l.opt.Commands != nil && slices.Contains(s.l.cmdTopics, m.Topic()) {
+			s.l.mu.Lock()
+			s.l.commands++
+			s.l.mu.Unlock()
+			s.l.opt.Commands(m.Topic(), m.Payload())
+		}
 		return
 	}
 	var st struct{ State, Session string }
@@ -292,14 +301,22 @@ func (s *session) check(ctx context.Context) error {
 	if _, err := request("PUBACK for our status", func() mqtt.Token { return s.client.Publish(topic, 1, true, payload) }); err != nil {
 		return err
 	}
-	if !verify {
-		return nil
-	}
-	if err := await(s.echo, "echo of our status"); err != nil {
-		if kindOf(err) == "check-timeout" {
-			return newError("acl", nil, "broker accepted the connection but dropped our publish to %s: its ACL does not let client %s write there (MQTT 3.1.1 cannot report this; check the broker's acl_file; the device also needs read access to that topic for this check)", topic, l.cfg.Device)
+	if verify {
+		if err := await(s.echo, "echo of our status"); err != nil {
+			if kindOf(err) == "check-timeout" {
+				return newError("acl", nil, "broker accepted the connection but dropped our publish to %s: its ACL does not let client %s write there (MQTT 3.1.1 cannot report this; check the broker's acl_file; the device also needs read access to that topic for this check)", topic, l.cfg.Device)
+			}
+			return err
 		}
-		return err
+	}
+	for _, ct := range l.cmdTopics {
+		tok, err := request("SUBACK for "+ct, func() mqtt.Token { return s.client.Subscribe(ct, 1, nil) })
+		if err != nil {
+			return err
+		}
+		if code, ok := tok.(*mqtt.SubscribeToken).Result()[ct]; !ok || code > 2 {
+			l.log.Warn("mqtt broker refused our subscription to a command topic: commands sent there will not arrive; check the broker's acl_file", "topic", ct)
+		}
 	}
 	return nil
 }
@@ -405,6 +422,11 @@ func (s *session) refresh(ctx context.Context) {
 			l.call(func() mqtt.Token { return s.client.Publish(l.topics.metrics, 0, false, p) })
 			l.mu.Lock()
 			l.metricsSent++
+			l.mu.Unlock()
+		case p := <-l.replies:
+			l.call(func() mqtt.Token { return s.client.Publish(l.topics.reply, 1, false, p) })
+			l.mu.Lock()
+			l.repliesSent++
 			l.mu.Unlock()
 		}
 	}
