@@ -129,7 +129,7 @@ func linkConfig(cfg *config.Config) (link.Config, error) {
 		password = strings.TrimRight(string(b), "\r\n")
 	}
 	return link.Config{
-		Broker: q.Broker, Device: cfg.Device, Prefix: q.Prefix,
+		Broker: q.Broker, Device: cfg.Device, Prefix: q.Prefix, Groups: q.Groups,
 		Username: q.Username, Password: password,
 		CAFile: q.CAFile, CertFile: q.CertFile, KeyFile: q.KeyFile, ServerName: q.ServerName,
 		KeepAlive: q.KeepAlive, ConnectTimeout: q.Timeout, BackoffMin: q.BackoffMin, BackoffMax: q.BackoffMax,

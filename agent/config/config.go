@@ -103,6 +103,7 @@ type MQTT struct {
 	// Broker is tcp://host:1883 or ssl://host:8883; empty means offline mode.
 	Broker       string        `yaml:"broker"`
 	Prefix       string        `yaml:"prefix"` // default edge
+	Groups       []string      `yaml:"groups"` // fleet groups whose commands this device takes
 	Username     string        `yaml:"username"`
 	Password     string        `yaml:"password"`
 	PasswordFile string        `yaml:"password_file"` // read at start; keeps the secret out of the config
