@@ -179,6 +179,12 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 			return nil, err
 		}
 	}
+	if a.fleet != nil && cfg.MQTT.Broker != "" {
+		if err := a.startCommands(); err != nil {
+			a.Close()
+			return nil, err
+		}
+	}
 	return a, nil
 }
 

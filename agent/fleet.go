@@ -19,12 +19,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/edge-agent/edge-agent/agent/command"
 	"github.com/edge-agent/edge-agent/agent/config"
 	"github.com/edge-agent/edge-agent/agent/health"
 	"github.com/edge-agent/edge-agent/agent/link"
 	"github.com/edge-agent/edge-agent/agent/outbox"
 	"github.com/edge-agent/edge-agent/agent/pipeline"
 	"github.com/edge-agent/edge-agent/agent/result"
+	"github.com/edge-agent/edge-agent/agent/state"
 )
 
 // Stream names in the outbox and topic suffixes on the broker.
@@ -45,6 +47,8 @@ type fleet struct {
 	results *outbox.Stream
 	events  *outbox.Stream
 	link    *link.Link
+	state   *state.Store    // command ids against replays (nil with no router)
+	router  *command.Router // fleet commands (set by Agent.startCommands before run)
 	started time.Time
 	status  func() map[string]any
 
@@ -107,6 +111,11 @@ func openFleet(cfg *config.Config, log *slog.Logger, h *health.Tracker) (*fleet,
 				{Name: streamEvents, Schema: "edge-agent/events/v1", Queue: f.events},
 			},
 			Status: f.statusJSON,
+			Commands: func(_ string, payload []byte) {
+				if f.router != nil {
+					f.router.Handle(payload)
+				}
+			},
 		})
 	}
 	if err != nil {
@@ -187,6 +196,10 @@ func (f *fleet) run(ctx context.Context, metrics func() map[string]any) {
 		}
 	}()
 	wg.Add(3)
+	if f.router != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); f.router.Run(ctx) }()
+	}
 	go func() { defer wg.Done(); f.watch(ctx) }()
 	go func() { defer wg.Done(); f.publishMetrics(ctx, metrics) }()
 	evDone := make(chan struct{})
@@ -356,7 +369,11 @@ func (f *fleet) statusJSON() json.RawMessage {
 
 // stats is the fleet part of the metrics and the status page.
 func (f *fleet) stats() map[string]any {
-	return map[string]any{"outbox": f.ob.Stats(), "mqtt": f.link.Stats(), "events_dropped": f.evDropped.Load()}
+	m := map[string]any{"outbox": f.ob.Stats(), "mqtt": f.link.Stats(), "events_dropped": f.evDropped.Load()}
+	if f.router != nil {
+		m["commands"] = f.router.Stats()
+	}
+	return m
 }
 
 func (f *fleet) close() error {
@@ -364,6 +381,11 @@ func (f *fleet) close() error {
 	f.stopOnce.Do(func() {
 		if cerr := f.ob.Close(); cerr != nil && !errors.Is(cerr, outbox.ErrClosed) {
 			err = cerr
+		}
+		if f.state != nil {
+			if cerr := f.state.Close(); cerr != nil && err == nil {
+				err = cerr
+			}
 		}
 	})
 	return err

@@ -63,6 +63,8 @@ type Config struct {
 	Outbox Outbox `yaml:"outbox"`
 	// MQTT is the fleet connection; without a broker the agent runs offline and buffers.
 	MQTT MQTT `yaml:"mqtt"`
+	// Commands are the fleet commands taken from the MQTT command topics.
+	Commands Commands `yaml:"commands"`
 
 	Sources []sensor.Spec `yaml:"sources"`
 	Models  []Model       `yaml:"models"`
@@ -123,6 +125,13 @@ type MQTT struct {
 	AckTimeout   time.Duration `yaml:"ack_timeout"`   // default 30s
 	StatusEvery  time.Duration `yaml:"status_every"`  // default 60s
 	MetricsEvery time.Duration `yaml:"metrics_every"` // default 30s; 0 after defaults is impossible, negative disables
+}
+
+// Commands settings (docs/mqtt.md#commands).
+type Commands struct {
+	// RequireSigned refuses every command that is not a minisign-signed envelope by one of
+	// trusted_keys.
+	RequireSigned bool `yaml:"require_signed"`
 }
 
 // ByteSize is a size in bytes written as a number or with a unit: 512KiB, 256MiB, 1GiB, 10MB.
@@ -370,6 +379,9 @@ func (c *Config) Validate() error {
 	}
 	if !slices.Contains(OutboxPolicies, c.Outbox.Policy) {
 		bad("outbox.policy", "%q is not one of %s", c.Outbox.Policy, strings.Join(OutboxPolicies, ", "))
+	}
+	if c.Commands.RequireSigned && len(c.TrustedKeys) == 0 {
+		bad("commands.require_signed", "needs trusted_keys to check command signatures against")
 	}
 	if q := c.MQTT; q.Password != "" && q.PasswordFile != "" {
 		bad("mqtt.password_file", "set either mqtt.password or mqtt.password_file, not both")

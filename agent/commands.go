@@ -1,0 +1,152 @@
+package agent
+
+// Fleet commands: the router (agent/command) decodes, checks, de-duplicates and dispatches
+// what arrives on the command topics; the handlers below act on the agent's parts. Command
+// ids are remembered in the state store (agent/state) so a replayed command does nothing,
+// also after a restart.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"github.com/edge-agent/edge-agent/agent/command"
+	"github.com/edge-agent/edge-agent/agent/deploy"
+	"github.com/edge-agent/edge-agent/agent/result"
+	"github.com/edge-agent/edge-agent/agent/state"
+	"github.com/edge-agent/edge-agent/models/sign"
+)
+
+// rememberIDs bounds the command ids kept against replays.
+const rememberIDs = 10_000
+
+// maxBundleBytes bounds a bundle downloaded by a deploy command.
+const maxBundleBytes = 512 << 20
+
+// startCommands opens the state store and builds the command router.
+func (a *Agent) startCommands() error {
+	f := a.fleet
+	st, err := state.Open(filepath.Join(a.cfg.StateDir, "state.db"))
+	if err != nil {
+		return fmt.Errorf("state store: %w", err)
+	}
+	var verify func(body, sig []byte) error
+	if a.cfg.Commands.RequireSigned {
+		keys, err := sign.KeysFromConfig(a.cfg.TrustedKeys)
+		if err == nil && len(keys) == 0 {
+			err = errors.New("commands.require_signed needs trusted_keys")
+		}
+		var v *sign.Verifier
+		if err == nil {
+			v, err = sign.NewVerifier(keys...)
+		}
+		if err != nil {
+			st.Close()
+			return fmt.Errorf("commands: %w", err)
+		}
+		verify = func(body, sig []byte) error { _, err := v.Verify(body, sig); return err }
+	}
+	r, err := command.New(command.Options{
+		Device:   a.cfg.Device,
+		Handlers: a.commandHandlers(),
+		Reply: func(rep command.Reply) {
+			if b, err := json.Marshal(rep); err == nil {
+				f.link.Reply(b)
+			}
+			if rep.Status == command.StatusDone || rep.Status == command.StatusFailed {
+				sev := "info"
+				if rep.Status == command.StatusFailed {
+					sev = "warning"
+				}
+				a.log.Info("command "+rep.Status, "id", rep.ID, "type", rep.Type, "reason", rep.Reason)
+				f.emit(result.Event{Type: "command." + rep.Status, Severity: sev, Component: "command", Message: fmt.Sprintf("%s %s %s %s", rep.Type, rep.ID, rep.Status, rep.Reason)})
+			}
+		},
+		Remember: func(id string, until time.Time) (bool, error) { return st.Remember(id, until, time.Now(), rememberIDs) },
+		Verify:   verify,
+		Logger:   a.log.With("part", "command"),
+	})
+	if err != nil {
+		st.Close()
+		return fmt.Errorf("commands: %w", err)
+	}
+	f.state, f.router = st, r
+	return nil
+}
+
+// commandHandlers are the command types this agent carries out.
+func (a *Agent) commandHandlers() map[string]command.Handler {
+	h := map[string]command.Handler{
+		"ping": func(context.Context, command.Command, command.Progress) (any, error) {
+			return map[string]any{"pong": time.Now().UTC(), "agent_version": Version}, nil
+		},
+		"status": func(context.Context, command.Command, command.Progress) (any, error) {
+			s := a.statusFields()
+			s["fleet"] = a.FleetStats()
+			s["health_conditions"] = a.health.List()
+			s["model_stats"] = a.pipe.Stats()
+			return s, nil
+		},
+	}
+	h["rollback"] = func(ctx context.Context, c command.Command, _ command.Progress) (any, error) {
+		var args struct{ Model, Version string }
+		if err := json.Unmarshal(c.Args, &args); err != nil || args.Model == "" {
+			return nil, errors.New(`rollback needs args {"model": NAME, "version": optional}`)
+		}
+		if a.deploy == nil {
+			return nil, errors.New("no model on this device is served from bundles")
+		}
+		if err := a.deploy.Rollback(ctx, args.Model, args.Version); err != nil {
+			return nil, err
+		}
+		return map[string]string{"model": args.Model, "active": a.activeVersion(args.Model)}, nil
+	}
+	h["deploy"] = func(ctx context.Context, c command.Command, progress command.Progress) (any, error) {
+		var args struct {
+			URL    string `json:"url"`
+			SHA256 string `json:"sha256"`
+		}
+		if err := json.Unmarshal(c.Args, &args); err != nil || args.URL == "" || args.SHA256 == "" {
+			return nil, errors.New(`deploy needs args {"url": BUNDLE_URL, "sha256": HEX}`)
+		}
+		if a.deploy == nil {
+			return nil, errors.New("no model on this device is served from bundles (a model without path in the config)")
+		}
+		path, err := a.downloadBundle(ctx, args.URL, args.SHA256, progress)
+		if err != nil {
+			return nil, err
+		}
+		progress(1, "downloaded; verifying, canary check, activating")
+		man, err := a.deploy.InstallFile(ctx, path)
+		if err != nil {
+			return nil, err
+		}
+		return map[string]any{"model": man.Name, "version": man.Version, "sequence": man.Sequence}, nil
+	}
+	return h
+}
+
+func (a *Agent) downloadBundle(ctx context.Context, url, sum string, progress command.Progress) (string, error) {
+	client := &http.Client{Timeout: 30 * time.Minute}
+	return deploy.Download(ctx, client, url, sum, filepath.Join(a.cfg.StateDir, "downloads"), maxBundleBytes, func(done, total int64) {
+		if total > 0 {
+			progress(float64(done)/float64(total), fmt.Sprintf("downloaded %d of %d bytes", done, total))
+		} else {
+			progress(0, fmt.Sprintf("downloaded %d bytes", done))
+		}
+	})
+}
+
+// activeVersion is the version a model serves now ("" when none).
+func (a *Agent) activeVersion(model string) string {
+	for _, st := range a.pipe.Stats() {
+		if st.Name == model {
+			return st.Version
+		}
+	}
+	return ""
+}

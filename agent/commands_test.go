@@ -1,0 +1,176 @@
+//go:build cgo
+
+package agent_test
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/edge-agent/edge-agent/internal/bundletest"
+	"github.com/edge-agent/edge-agent/internal/mqtttest"
+	"github.com/edge-agent/edge-agent/internal/testenv"
+)
+
+// console is the fleet side of the command tests: it publishes commands and collects the
+// replies by id.
+type console struct {
+	t       *testing.T
+	c       mqtt.Client
+	mu      sync.Mutex
+	replies map[string][]map[string]any
+}
+
+func newConsole(t *testing.T, broker string) *console {
+	k := &console{t: t, replies: map[string][]map[string]any{}}
+	k.c = mqtt.NewClient(mqtt.NewClientOptions().AddBroker(broker).SetClientID("console-cmd").SetProtocolVersion(4))
+	if tok := k.c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("console connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { k.c.Disconnect(100) })
+	tok := k.c.Subscribe("edge/+/cmd/reply", 1, func(_ mqtt.Client, m mqtt.Message) {
+		var r map[string]any
+		if json.Unmarshal(m.Payload(), &r) != nil {
+			t.Errorf("reply is not JSON: %s", m.Payload())
+			return
+		}
+		k.mu.Lock()
+		id, _ := r["id"].(string)
+		k.replies[id] = append(k.replies[id], r)
+		k.mu.Unlock()
+	})
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("console subscribe: %v", tok.Error())
+	}
+	return k
+}
+
+func (k *console) send(topic, body string) {
+	k.t.Helper()
+	if tok := k.c.Publish(topic, 1, false, body); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		k.t.Fatalf("publish: %v", tok.Error())
+	}
+}
+
+func (k *console) cmd(id, typ, args string) string {
+	now := time.Now().UTC()
+	if args == "" {
+		args = "{}"
+	}
+	return fmt.Sprintf(`{"id":%q,"type":%q,"args":%s,"issued_at":%q,"expires":%q}`, id, typ, args,
+		now.Format(time.RFC3339Nano), now.Add(time.Hour).Format(time.RFC3339Nano))
+}
+
+// final waits for the done or failed reply of id and returns every reply of it.
+func (k *console) final(id string) []map[string]any {
+	k.t.Helper()
+	var out []map[string]any
+	mqtttest.WaitFor(k.t, 30*time.Second, "the final reply to "+id, func() bool {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		out = append([]map[string]any(nil), k.replies[id]...)
+		return len(out) > 0 && (out[len(out)-1]["status"] == "done" || out[len(out)-1]["status"] == "failed")
+	})
+	return out
+}
+
+func (k *console) count(id string) int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.replies[id])
+}
+
+// Commands over a real broker: ping and status are answered, a deploy by URL downloads a
+// signed bundle, verifies it and serves it (accepted, progress, done), a bundle whose sha256
+// does not match is refused, rollback goes back, a replayed id does nothing, and malformed
+// or unknown commands get failed replies while the agent keeps serving.
+func TestFleetCommandsOverMQTT(t *testing.T) {
+	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{})
+	con := newConsole(t, broker.URL)
+	f := bundletest.NewFleet(t)
+	v1 := f.Pack(t, bundletest.Opt{Version: "1.0.0", Seq: 1})
+	v2 := f.Pack(t, bundletest.Opt{Version: "1.1.0", Seq: 2})
+	files := http.NewServeMux()
+	for name, p := range map[string]string{"/v1": v1, "/v2": v2} {
+		files.HandleFunc(name, func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, p) })
+	}
+	srv := httptest.NewServer(files)
+	defer srv.Close()
+	sum := func(p string) string {
+		b, _ := os.ReadFile(p)
+		s := sha256.Sum256(b)
+		return hex.EncodeToString(s[:])
+	}
+	r := start(t, fmt.Sprintf(`
+device: cmd-1
+state_dir: %s
+trusted_keys: [%s]
+probation: {inferences: 5}
+mqtt: {broker: %s, groups: [kitchen], backoff_min: 50ms, backoff_max: 200ms}
+sources:
+  - {name: sweep, kind: synthetic, rate: 200, synthetic: {wave: sine, phase: true, offset: -3.14159}}
+models:
+  - {name: sin, sources: [sweep]}
+`, t.TempDir(), f.Pub.String(), broker.URL))
+	mqtttest.WaitFor(t, 20*time.Second, "the agent online", func() bool {
+		return strings.Contains(fmt.Sprint(r.a.FleetStats()["mqtt"]), "online")
+	})
+
+	con.send("edge/cmd-1/cmd", con.cmd("p1", "ping", ""))
+	if rs := con.final("p1"); rs[0]["status"] != "accepted" || rs[len(rs)-1]["status"] != "done" {
+		t.Fatalf("ping replies %v; want accepted then done", rs)
+	}
+	for i, v := range []string{"/v1", "/v2"} {
+		id := fmt.Sprintf("d%d", i+1)
+		con.send("edge/group/kitchen/cmd", con.cmd(id, "deploy", fmt.Sprintf(`{"url":%q,"sha256":%q}`, srv.URL+v, sum(map[string]string{"/v1": v1, "/v2": v2}[v]))))
+		rs := con.final(id)
+		if last := rs[len(rs)-1]; last["status"] != "done" {
+			t.Fatalf("deploy %s: %v", v, rs)
+		}
+	}
+	mqtttest.WaitFor(t, 20*time.Second, "1.1.0 serving", func() bool { return serving(r) == "1.1.0" })
+
+	con.send("edge/all/cmd", con.cmd("bad-sum", "deploy", fmt.Sprintf(`{"url":%q,"sha256":%q}`, srv.URL+"/v1", strings.Repeat("0", 64))))
+	if rs := con.final("bad-sum"); !strings.Contains(fmt.Sprint(rs[len(rs)-1]["reason"]), "sha256") {
+		t.Errorf("deploy with a wrong sha256: %v; want failed naming the sha256", rs)
+	}
+	con.send("edge/cmd-1/cmd", con.cmd("rb", "rollback", `{"model":"sin"}`))
+	if rs := con.final("rb"); rs[len(rs)-1]["status"] != "done" {
+		t.Fatalf("rollback: %v", rs)
+	}
+	mqtttest.WaitFor(t, 20*time.Second, "1.0.0 serving again", func() bool { return serving(r) == "1.0.0" })
+
+	// A replay of an id already carried out: no reply, nothing done.
+	before := con.count("rb")
+	con.send("edge/cmd-1/cmd", con.cmd("rb", "rollback", `{"model":"sin"}`))
+	con.send("edge/cmd-1/cmd", con.cmd("s1", "status", ""))
+	status := con.final("s1")
+	if con.count("rb") != before {
+		t.Errorf("a replayed command id got %d more replies; want none", con.count("rb")-before)
+	}
+	if res, _ := status[len(status)-1]["result"].(map[string]any); res == nil || res["board"] == nil {
+		t.Errorf("status result %v; want the device's status", status[len(status)-1])
+	}
+	for id, body := range map[string]string{
+		"u1": con.cmd("u1", "reboot-the-moon", ""),
+		"e1": `{"id":"e1","type":"ping","issued_at":"2020-01-01T00:00:00Z","expires":"2020-01-01T01:00:00Z"}`,
+	} {
+		con.send("edge/cmd-1/cmd", body)
+		if rs := con.final(id); rs[len(rs)-1]["status"] != "failed" || rs[len(rs)-1]["reason"] == "" {
+			t.Errorf("%s: %v; want failed with a reason", id, rs)
+		}
+	}
+	con.send("edge/cmd-1/cmd", `{not json`)
+	n := len(r.sink.byModel("sin"))
+	waitFor(t, "the agent still serving", func() bool { return len(r.sink.byModel("sin")) > n+20 })
+}

@@ -1,0 +1,270 @@
+package state
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// noLeaks fails the test if goroutines started during it outlive it. Call it first, so its
+// cleanup runs after the others (Close).
+func noLeaks(t testing.TB) {
+	t.Helper()
+	start := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > start {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				t.Errorf("goroutines: got %d after the test; want at most %d as before it\n%s",
+					runtime.NumGoroutine(), start, buf[:runtime.Stack(buf, true)])
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+}
+
+func openT(t testing.TB, path string) *Store {
+	t.Helper()
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+
+func at(d time.Duration) time.Time { return t0.Add(d) }
+
+func remember(t testing.TB, s *Store, id string, until, now time.Time, limit int) bool {
+	t.Helper()
+	seen, err := s.Remember(id, until, now, limit)
+	if err != nil {
+		t.Fatalf("Remember(%q): %v", id, err)
+	}
+	return seen
+}
+
+func TestSeenAndExpiry(t *testing.T) {
+	noLeaks(t)
+	dir := filepath.Join(t.TempDir(), "a", "b") // Open creates missing directories
+	path := filepath.Join(dir, "state.db")
+	s := openT(t, path)
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("file mode: got %v (%v); want 0600", fi.Mode().Perm(), err)
+	}
+
+	for _, step := range []struct {
+		id         string
+		until, now time.Duration
+		want       bool
+	}{
+		{"a", time.Hour, 0, false},
+		{"a", time.Hour, time.Minute, true},
+		{"b", time.Hour, time.Minute, false},
+		{"a", time.Hour, time.Hour, true},                    // until == now: still remembered
+		{"a", 2 * time.Hour, time.Hour + time.Second, false}, // expired, so new again
+		{"a", time.Hour, 90 * time.Minute, true},             // keeps the later until (2h)
+		{"a", 3 * time.Hour, 2*time.Hour + time.Second, false},
+		{"b", 3 * time.Hour, 2*time.Hour + time.Second, false}, // b expired at 1h
+	} {
+		if got := remember(t, s, step.id, at(step.until), at(step.now), 100); got != step.want {
+			t.Errorf("Remember(%q, until %v, now %v): got seen %v; want %v", step.id, step.until, step.now, got, step.want)
+		}
+	}
+	if s.ids != 2 {
+		t.Errorf("ids kept: got %d; want 2", s.ids)
+	}
+}
+
+func TestLimitEvictsSoonestExpiring(t *testing.T) {
+	noLeaks(t)
+	s := openT(t, filepath.Join(t.TempDir(), "state.db"))
+	// Remembered in an order unlike their expiry.
+	for _, x := range []struct {
+		id    string
+		until time.Duration
+	}{{"c", 3 * time.Hour}, {"a", time.Hour}, {"d", 4 * time.Hour}, {"b", 2 * time.Hour}} {
+		remember(t, s, x.id, at(x.until), t0, 4)
+	}
+	// Two more over a limit of 4: a and b (soonest) go, the newest stays even though it
+	// expires soonest of all.
+	remember(t, s, "e", at(5*time.Hour), t0, 4)
+	remember(t, s, "f", at(time.Minute), t0, 4)
+	got := map[string]bool{}
+	for _, id := range []string{"a", "b", "c", "d", "e", "f"} {
+		got[id] = ids(t, s)[id]
+	}
+	want := map[string]bool{"a": false, "b": false, "c": true, "d": true, "e": true, "f": true}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("kept after eviction: got %v; want %v", got, want)
+	}
+	// A smaller limit evicts down to it at the next Remember.
+	remember(t, s, "g", at(6*time.Hour), t0, 2)
+	if got, want := fmt.Sprint(ids(t, s)), "map[e:true g:true]"; got != want {
+		t.Errorf("kept after limit 2: got %v; want %v", got, want)
+	}
+	if s.ids != 2 {
+		t.Errorf("ids count: got %d; want 2", s.ids)
+	}
+}
+
+// ids lists the remembered ids, checking that the index agrees.
+func ids(t testing.TB, s *Store) map[string]bool {
+	t.Helper()
+	m := map[string]bool{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		exp := tx.Bucket(bucketExp)
+		if err := tx.Bucket(bucketIDs).ForEach(func(k, v []byte) error {
+			if exp.Get(expKey(v, k)) == nil {
+				return fmt.Errorf("id %q has no index entry", k)
+			}
+			m[string(k)] = true
+			return nil
+		}); err != nil {
+			return err
+		}
+		if n := exp.Stats().KeyN; n != len(m) {
+			return fmt.Errorf("index has %d entries; want %d", n, len(m))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestSurvivesReopen(t *testing.T) {
+	noLeaks(t)
+	path := filepath.Join(t.TempDir(), "state.db")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	remember(t, s, "cmd-1", at(time.Hour), t0, 10)
+	remember(t, s, "cmd-2", at(time.Minute), t0, 10)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openT(t, path)
+	if s.ids != 2 {
+		t.Errorf("ids after reopen: got %d; want 2", s.ids)
+	}
+	if !remember(t, s, "cmd-1", at(time.Hour), at(30*time.Minute), 10) {
+		t.Error("cmd-1 after reopen: got unseen; want seen")
+	}
+	if remember(t, s, "cmd-2", at(time.Hour), at(30*time.Minute), 10) {
+		t.Error("cmd-2 after reopen and its expiry: got seen; want unseen")
+	}
+}
+
+func TestRememberErrors(t *testing.T) {
+	noLeaks(t)
+	s := openT(t, filepath.Join(t.TempDir(), "state.db"))
+	if _, err := s.Remember("", at(time.Hour), t0, 10); err == nil {
+		t.Error("Remember of an empty id: got nil error")
+	}
+	if _, err := s.Remember("x", at(time.Hour), t0, 0); err == nil || !strings.Contains(err.Error(), "limit") {
+		t.Errorf("Remember with limit 0: got %v; want an error about the limit", err)
+	}
+	s.Close()
+	if _, err := s.Remember("x", at(time.Hour), t0, 10); err == nil || !strings.Contains(err.Error(), "x") {
+		t.Errorf("Remember after Close: got %v; want an error naming the id", err)
+	}
+}
+
+func TestLocked(t *testing.T) {
+	noLeaks(t)
+	path := filepath.Join(t.TempDir(), "state.db")
+	openT(t, path)
+	_, err := open(path, 50*time.Millisecond)
+	if want := fmt.Sprintf("state %s is locked by another process (is another edge-agent running?)", path); err == nil || err.Error() != want {
+		t.Errorf("Open of a locked file: got %v; want %q", err, want)
+	}
+}
+
+func TestDamagedFile(t *testing.T) {
+	noLeaks(t)
+	dir := t.TempDir()
+	valid := filepath.Join(dir, "valid.db")
+	s, err := Open(valid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		remember(t, s, fmt.Sprint("id-", i), at(time.Hour), t0, 100)
+	}
+	s.Close()
+	validBytes, err := os.ReadFile(valid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := filepath.Join(dir, "foreign.db")
+	db, err := bolt.Open(foreign, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("results")); return err }); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	// An id without its index entry.
+	torn := filepath.Join(dir, "torn.db")
+	if err := os.WriteFile(torn, validBytes, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	db, err = bolt.Open(torn, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketIDs).Put([]byte("stray"), stamp(t0)) }); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	for _, tc := range []struct {
+		name string
+		data []byte // nil: keep the file as it is
+	}{
+		{"text.db", bytes.Repeat([]byte("this is not a bbolt file\n"), 1000)},
+		{"zeros.db", make([]byte, 64<<10)},
+		{"short.db", []byte("x")},
+		{"metas-zeroed.db", append(make([]byte, 8192), validBytes[8192:]...)},
+		{"foreign.db", nil},
+		{"torn.db", nil},
+	} {
+		path := filepath.Join(dir, tc.name)
+		if tc.data != nil {
+			if err := os.WriteFile(path, tc.data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s, err := Open(path)
+		if err == nil {
+			s.Close()
+			t.Errorf("%s: Open succeeded; want an error", tc.name)
+			continue
+		}
+		if msg := err.Error(); !strings.Contains(msg, path) || !strings.Contains(msg, "move it aside") || !errors.Is(err, ErrDamaged) {
+			t.Errorf("%s: got %q; want ErrDamaged with the file's name and what to do", tc.name, msg)
+		}
+		// The file is not left locked: it can be moved aside and a new store opened.
+		if err := os.Rename(path, path+".damaged"); err != nil {
+			t.Fatal(err)
+		}
+		s = openT(t, path)
+		s.Close()
+	}
+}
