@@ -4,6 +4,7 @@ package agent_test
 
 import (
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"github.com/edge-agent/edge-agent/internal/bundletest"
 	"github.com/edge-agent/edge-agent/internal/mqtttest"
 	"github.com/edge-agent/edge-agent/internal/testenv"
+	"github.com/edge-agent/edge-agent/models/sign"
 )
 
 // console is the fleet side of the command tests: it publishes commands and collects the
@@ -29,6 +31,7 @@ type console struct {
 	c       mqtt.Client
 	mu      sync.Mutex
 	replies map[string][]map[string]any
+	raw     []string
 }
 
 func newConsole(t *testing.T, broker string) *console {
@@ -45,6 +48,7 @@ func newConsole(t *testing.T, broker string) *console {
 			return
 		}
 		k.mu.Lock()
+		k.raw = append(k.raw, string(m.Payload()))
 		id, _ := r["id"].(string)
 		k.replies[id] = append(k.replies[id], r)
 		k.mu.Unlock()
@@ -173,4 +177,49 @@ models:
 	con.send("edge/cmd-1/cmd", `{not json`)
 	n := len(r.sink.byModel("sin"))
 	waitFor(t, "the agent still serving", func() bool { return len(r.sink.byModel("sin")) > n+20 })
+}
+
+// With commands.require_signed, only envelopes signed (real minisign) by a trusted key run:
+// a plain command and one signed by another key get failed replies.
+func TestSignedCommandsRequired(t *testing.T) {
+	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{})
+	con := newConsole(t, broker.URL)
+	f := bundletest.NewFleet(t)
+	other := bundletest.NewFleet(t)
+	r := start(t, fmt.Sprintf(`
+device: cmd-2
+state_dir: %s
+trusted_keys: [%s]
+commands: {require_signed: true}
+mqtt: {broker: %s, backoff_min: 50ms, backoff_max: 200ms}
+`, t.TempDir(), f.Pub.String(), broker.URL))
+	mqtttest.WaitFor(t, 20*time.Second, "the agent online", func() bool {
+		return strings.Contains(fmt.Sprint(r.a.FleetStats()["mqtt"]), "online")
+	})
+	envelope := func(priv sign.PrivateKey, body string) string {
+		sig, err := sign.Sign(priv, []byte(body), "edgectl command")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(map[string]string{"body": base64.StdEncoding.EncodeToString([]byte(body)), "sig": string(sig)})
+		return string(b)
+	}
+	con.send("edge/cmd-2/cmd", con.cmd("plain", "ping", ""))
+	con.send("edge/cmd-2/cmd", envelope(other.Priv, con.cmd("forged", "ping", "")))
+	con.send("edge/cmd-2/cmd", envelope(f.Priv, con.cmd("signed", "ping", "")))
+	t.Cleanup(func() {
+		if t.Failed() {
+			con.mu.Lock()
+			t.Logf("raw replies: %q", con.raw)
+			con.mu.Unlock()
+		}
+	})
+	if rs := con.final("signed"); rs[len(rs)-1]["status"] != "done" {
+		t.Fatalf("signed ping: %v", rs)
+	}
+	for _, id := range []string{"plain", "forged"} {
+		if rs := con.final(id); rs[len(rs)-1]["status"] != "failed" || !strings.Contains(fmt.Sprint(rs[len(rs)-1]["reason"]), "sign") {
+			t.Errorf("%s: %v; want failed, naming the signature", id, rs)
+		}
+	}
 }

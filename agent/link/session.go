@@ -424,7 +424,12 @@ func (s *session) refresh(ctx context.Context) {
 			l.metricsSent++
 			l.mu.Unlock()
 		case p := <-l.replies:
-			l.call(func() mqtt.Token { return s.client.Publish(l.topics.reply, 1, false, p) })
+			// Replies keep their order (accepted before done): the next is handed to paho
+			// only after it has queued this one.
+			select {
+			case <-l.call(func() mqtt.Token { return s.client.Publish(l.topics.reply, 1, false, p) }):
+			case <-ctx.Done():
+			}
 			l.mu.Lock()
 			l.repliesSent++
 			l.mu.Unlock()

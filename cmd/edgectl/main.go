@@ -1,10 +1,11 @@
-// Command edgectl is the fleet console. This release has the key and bundle tools:
+// Command edgectl is the fleet console: key and bundle tools, and fleet commands over MQTT:
 //
 //	edgectl keygen --out PREFIX
 //	edgectl bundle pack --spec bundle.yaml --key PREFIX.key -o OUT.tar.gz
 //	edgectl bundle sign --key PREFIX.key BUNDLE
 //	edgectl bundle verify --pub PREFIX.pub [--pub ...] BUNDLE
 //	edgectl bundle inspect [--json] [--pub PREFIX.pub] BUNDLE
+//	edgectl cmd|deploy|rollback|ping|status|watch ... (see usage)
 //	edgectl version
 package main
 
@@ -30,6 +31,28 @@ Usage:
   edgectl bundle inspect [--json] [--pub P] BUNDLE        show the manifest
   edgectl version
 
+Fleet commands (MQTT; docs/mqtt.md):
+  edgectl cmd TARGET TYPE [ARGS-JSON]          send a raw command, print replies until every device finished
+  edgectl deploy TARGET --url URL --sha256 HEX  deploy a bundle the devices fetch from URL (progress per device)
+  edgectl deploy TARGET --url URL BUNDLE_FILE   the same, with the sha256 computed from the local file
+  edgectl rollback TARGET MODEL [VERSION]       go back to the previous (or the given) version of MODEL
+  edgectl ping --device ID                      same as: edgectl cmd --device ID ping
+  edgectl status [--watch] [--settle 1s] [--json]   fleet table from the retained status messages
+  edgectl watch [--device ID] [--results] [--events] [--count N] [--timeout D] [--json]
+                                               live results and events, one line per record, until Ctrl-C
+
+  TARGET is one of --device ID, --group G, --all.
+  Command flags: --ttl 10m (expiry), --timeout 60s (wait for replies), --wait-for N (with --group/--all:
+  stop once N devices finished), --json (one reply object per line, then a summary object).
+  Exit status 0 when every device that replied finished done; 1 when one failed or did not finish.
+
+  Connection flags (every fleet command): --broker tcp://host:1883|ssl://host:8883, --username, --password,
+  --ca-file, --cert-file, --key-file, --server-name, --prefix (default edge), --config FILE.
+  Each may come from EDGECTL_BROKER, EDGECTL_USERNAME, EDGECTL_PASSWORD, EDGECTL_CA_FILE, EDGECTL_CERT_FILE,
+  EDGECTL_KEY_FILE, EDGECTL_SERVER_NAME, EDGECTL_PREFIX, or the YAML file --config (default
+  $HOME/.config/edgectl/config.yaml when it exists) with keys broker, username, password, ca_file,
+  cert_file, key_file, server_name, prefix. A flag wins over the environment, which wins over the file.
+
 docs/bundle-format.md describes bundles; docs/models.md the agent side.
 `
 
@@ -48,6 +71,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdKeygen(args[1:], stdout, stderr)
 	case "bundle":
 		err = cmdBundle(args[1:], stdout, stderr)
+	case "cmd":
+		err = cmdCmd(args[1:], stdout, stderr)
+	case "ping":
+		err = cmdPing(args[1:], stdout, stderr)
+	case "deploy":
+		err = cmdDeploy(args[1:], stdout, stderr)
+	case "rollback":
+		err = cmdRollback(args[1:], stdout, stderr)
+	case "status":
+		err = cmdStatus(args[1:], stdout, stderr)
+	case "watch":
+		err = cmdWatch(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "edgectl", agent.Version)
 	case "help", "-h", "--help":
