@@ -236,6 +236,7 @@ func (a *Agent) startDeploy(served []string) error {
 				}
 				a.fleet.emit(result.Event{TS: e.Time, Type: "deploy." + e.Type, Severity: sev, Component: "deploy",
 					Model: e.Model, Version: e.Version, Message: strings.TrimSpace(e.Type + " " + e.Reason)})
+				a.fleet.link.RefreshStatus() // the retained status lists the models' versions
 			}
 			code := "deploy/" + e.Model
 			switch e.Type {

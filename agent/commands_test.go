@@ -101,6 +101,7 @@ func (k *console) count(id string) int {
 func TestFleetCommandsOverMQTT(t *testing.T) {
 	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{})
 	con := newConsole(t, broker.URL)
+	statuses := mqtttest.NewConsumer(t, broker.URL, "edge/+/status")
 	f := bundletest.NewFleet(t)
 	v1 := f.Pack(t, bundletest.Opt{Version: "1.0.0", Seq: 1})
 	v2 := f.Pack(t, bundletest.Opt{Version: "1.1.0", Seq: 2})
@@ -143,6 +144,10 @@ models:
 		}
 	}
 	mqtttest.WaitFor(t, 20*time.Second, "1.1.0 serving", func() bool { return serving(r) == "1.1.0" })
+	// The retained status follows the new version at once, not at the next status_every (60s).
+	mqtttest.WaitFor(t, 10*time.Second, "the retained status listing sin 1.1.0", func() bool {
+		return strings.Contains(string(statuses.Status("cmd-1")), `{"name":"sin","version":"1.1.0"}`)
+	})
 
 	con.send("edge/all/cmd", con.cmd("bad-sum", "deploy", fmt.Sprintf(`{"url":%q,"sha256":%q}`, srv.URL+"/v1", strings.Repeat("0", 64))))
 	if rs := con.final("bad-sum"); !strings.Contains(fmt.Sprint(rs[len(rs)-1]["reason"]), "sha256") {

@@ -118,7 +118,9 @@ type Link struct {
 	metrics chan []byte
 	// replies holds command replies for the connection to send (QoS 1); Reply drops and
 	// counts when it is full.
-	replies   chan []byte
+	replies chan []byte
+	// statusNow asks the connection to publish the retained status now (RefreshStatus).
+	statusNow chan struct{}
 	cmdTopics []string
 
 	mu              sync.Mutex // guards the fields below and the counters of every stream
@@ -178,7 +180,7 @@ func New(cfg Config, opt Options) (*Link, error) {
 		return nil, fmt.Errorf("mqtt config: %w", err)
 	}
 	l := &Link{cfg: r, opt: opt, log: opt.Logger, now: opt.Now, metrics: make(chan []byte, metricsQueue),
-		replies: make(chan []byte, replyQueue)}
+		replies: make(chan []byte, replyQueue), statusNow: make(chan struct{}, 1)}
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
@@ -360,6 +362,15 @@ func (l *Link) PublishMetrics(payload []byte) bool {
 	l.metricsDropped++
 	l.mu.Unlock()
 	return false
+}
+
+// RefreshStatus publishes the retained status soon (after a model version changed, say),
+// instead of at the next StatusEvery. It never blocks.
+func (l *Link) RefreshStatus() {
+	select {
+	case l.statusNow <- struct{}{}:
+	default:
+	}
 }
 
 // Reply queues a command reply for <prefix>/<device>/cmd/reply (QoS 1). Replies wait, in a

@@ -418,6 +418,9 @@ func (s *session) refresh(ctx context.Context) {
 		case <-t.C:
 			payload, _ := l.statusPayload(wireOnline, s.nonce, true)
 			l.call(func() mqtt.Token { return s.client.Publish(l.topics.status, 1, true, payload) })
+		case <-l.statusNow:
+			payload, _ := l.statusPayload(wireOnline, s.nonce, true)
+			l.call(func() mqtt.Token { return s.client.Publish(l.topics.status, 1, true, payload) })
 		case p := <-l.metrics:
 			l.call(func() mqtt.Token { return s.client.Publish(l.topics.metrics, 0, false, p) })
 			l.mu.Lock()
