@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -27,6 +28,7 @@ import (
 
 	"github.com/edge-agent/edge-agent/agent/command"
 	"github.com/edge-agent/edge-agent/internal/fleetclient"
+	"github.com/edge-agent/edge-agent/models/sign"
 )
 
 // settings are the broker connection and topic prefix.
@@ -199,6 +201,8 @@ type sendOpts struct {
 	timeout time.Duration
 	waitFor int
 	json    bool
+	signKey string // minisign secret key: send the command as a signed envelope
+	signPw  string // file holding that key's password
 }
 
 func addSendFlags(fs *flag.FlagSet) *sendOpts {
@@ -207,7 +211,27 @@ func addSendFlags(fs *flag.FlagSet) *sendOpts {
 	fs.DurationVar(&o.timeout, "timeout", 60*time.Second, "stop waiting for replies after this long")
 	fs.IntVar(&o.waitFor, "wait-for", 0, "with --group/--all: stop once this many devices finished")
 	fs.BoolVar(&o.json, "json", false, "print one JSON object per reply line")
+	fs.StringVar(&o.signKey, "sign-key", "", "minisign secret key: send a signed envelope (for agents with commands.require_signed)")
+	fs.StringVar(&o.signPw, "password-file", "", "password of --sign-key")
 	return o
+}
+
+// envelope wraps a command body in the signed form agents with commands.require_signed take:
+// {"body": base64(body), "sig": minisign signature of body}.
+func envelope(body []byte, keyPath, pwFile string) ([]byte, error) {
+	pw, err := readPassword(pwFile)
+	if err != nil {
+		return nil, err
+	}
+	priv, err := sign.ReadPrivateKey(keyPath, pw)
+	if err != nil {
+		return nil, err
+	}
+	sig, err := sign.Sign(priv, body, "edgectl command")
+	if err != nil {
+		return nil, fmt.Errorf("sign command: %w", err)
+	}
+	return json.Marshal(map[string]string{"body": base64.StdEncoding.EncodeToString(body), "sig": string(sig)})
 }
 
 // newID is a random 16-hex-digit command id.
@@ -272,7 +296,13 @@ func (o *sendOpts) send(typ string, args json.RawMessage, bars bool, stdout, std
 	if err != nil {
 		return err
 	}
-	if err := cl.Publish(topic, 1, false, body); err != nil {
+	payload := body
+	if o.signKey != "" {
+		if payload, err = envelope(body, o.signKey, o.signPw); err != nil {
+			return err
+		}
+	}
+	if err := cl.Publish(topic, 1, false, payload); err != nil {
 		return err
 	}
 	if !o.json {

@@ -24,6 +24,7 @@ import (
 	"github.com/edge-agent/edge-agent/internal/testenv"
 
 	_ "github.com/edge-agent/edge-agent/hal/sensor/all"
+	"github.com/edge-agent/edge-agent/models/sign"
 )
 
 // syncBuffer is an agent log the test can print when it fails.
@@ -216,6 +217,29 @@ models:
 			if r["model"] != "sin" || r["seq"] == nil {
 				t.Errorf("record %v; want a result of model sin with a seq", r)
 			}
+		}
+	})
+
+	t.Run("signed commands", func(t *testing.T) {
+		signed := startAgent(t, fmt.Sprintf(`
+device: dev-s
+state_dir: %s
+trusted_keys: [%s]
+commands: {require_signed: true}
+mqtt: {broker: %s, backoff_min: 50ms, backoff_max: 200ms}
+`, t.TempDir(), f.Pub.String(), broker.URL))
+		eventually(t, "dev-s online", func() bool { return strings.Contains(fmt.Sprint(signed.FleetStats()["mqtt"]), "online") })
+		key := filepath.Join(t.TempDir(), "fleet.key")
+		if err := sign.WritePrivateKey(key, f.Priv, nil); err != nil {
+			t.Fatal(err)
+		}
+		code, out, errOut := edgectl(t, append([]string{"ping", "--device", "dev-s", "--timeout", "10s"}, conn...)...)
+		if code != 1 || !strings.Contains(out+errOut, "signed") {
+			t.Errorf("unsigned ping: exit %d, %q %q; want 1 and a reason about signing", code, out, errOut)
+		}
+		code, out, errOut = edgectl(t, append([]string{"ping", "--device", "dev-s", "--sign-key", key, "--json"}, conn...)...)
+		if rs := jsonLines(t, out); code != 0 || len(rs) < 2 || rs[len(rs)-1]["status"] != "done" {
+			t.Errorf("signed ping: exit %d, %q %q; want done", code, out, errOut)
 		}
 	})
 

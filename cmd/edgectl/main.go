@@ -43,7 +43,8 @@ Fleet commands (MQTT; docs/mqtt.md):
 
   TARGET is one of --device ID, --group G, --all.
   Command flags: --ttl 10m (expiry), --timeout 60s (wait for replies), --wait-for N (with --group/--all:
-  stop once N devices finished), --json (one reply object per line, then a summary object).
+  stop once N devices finished), --json (one reply object per line, then a summary object),
+  --sign-key K [--password-file F] (send a minisign-signed envelope, for agents with commands.require_signed).
   Exit status 0 when every device that replied finished done; 1 when one failed or did not finish.
 
   Connection flags (every fleet command): --broker tcp://host:1883|ssl://host:8883, --username, --password,
