@@ -105,6 +105,51 @@ func (a *Agent) commandHandlers() map[string]command.Handler {
 		}
 		return map[string]string{"model": args.Model, "active": a.activeVersion(args.Model)}, nil
 	}
+	h["ab"] = func(ctx context.Context, c command.Command, _ command.Progress) (any, error) {
+		var args struct {
+			Model   string   `json:"model"`
+			Version string   `json:"version"`
+			Weight  *float64 `json:"weight"`
+			Mode    string   `json:"mode"`
+		}
+		if err := json.Unmarshal(c.Args, &args); err != nil || args.Model == "" || args.Version == "" ||
+			(args.Mode != "shadow" && (args.Mode != "" && args.Mode != "split" || args.Weight == nil)) {
+			return nil, errors.New(`ab needs args {"model": NAME, "version": INSTALLED_VERSION, "mode": "split", "weight": 0..1} or {"model", "version", "mode": "shadow"}`)
+		}
+		if a.deploy == nil {
+			return nil, errors.New("no model on this device is served from bundles")
+		}
+		w := 0.0
+		if args.Weight != nil {
+			w = *args.Weight
+		}
+		if err := a.deploy.StartExperiment(ctx, args.Model, args.Version, w, args.Mode == "shadow"); err != nil {
+			return nil, err
+		}
+		return a.experimentStats(args.Model), nil
+	}
+	for _, verb := range []string{"promote", "abort"} {
+		h[verb] = func(ctx context.Context, c command.Command, _ command.Progress) (any, error) {
+			var args struct{ Model string }
+			if err := json.Unmarshal(c.Args, &args); err != nil || args.Model == "" {
+				return nil, fmt.Errorf(`%s needs args {"model": NAME}`, verb)
+			}
+			if a.deploy == nil {
+				return nil, errors.New("no model on this device is served from bundles")
+			}
+			final := a.experimentStats(args.Model)
+			var err error
+			if verb == "promote" {
+				err = a.deploy.Promote(ctx, args.Model)
+			} else {
+				err = a.deploy.Abort(args.Model)
+			}
+			if err != nil {
+				return nil, err
+			}
+			return map[string]any{"model": args.Model, "active": a.activeVersion(args.Model), "experiment": final}, nil
+		}
+	}
 	h["deploy"] = func(ctx context.Context, c command.Command, progress command.Progress) (any, error) {
 		var args struct {
 			URL    string `json:"url"`
@@ -139,6 +184,16 @@ func (a *Agent) downloadBundle(ctx context.Context, url, sum string, progress co
 			progress(0, fmt.Sprintf("downloaded %d bytes", done))
 		}
 	})
+}
+
+// experimentStats are a model's experiment figures (nil when none runs).
+func (a *Agent) experimentStats(model string) any {
+	for _, st := range a.pipe.Stats() {
+		if st.Name == model && st.Experiment != nil {
+			return st.Experiment
+		}
+	}
+	return nil
 }
 
 // activeVersion is the version a model serves now ("" when none).

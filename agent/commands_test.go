@@ -170,6 +170,57 @@ models:
 	if res, _ := status[len(status)-1]["result"].(map[string]any); res == nil || res["board"] == nil {
 		t.Errorf("status result %v; want the device's status", status[len(status)-1])
 	}
+	// A/B: a split with weight 1 sends the (only) source to the candidate, tagged b; abort
+	// returns to the active version alone. Shadow runs the candidate on every frame without
+	// publishing it: the same model file, so the outputs agree exactly. Promote activates it.
+	con.send("edge/cmd-1/cmd", con.cmd("ab1", "ab", `{"model":"sin","version":"1.1.0","mode":"split","weight":1}`))
+	if rs := con.final("ab1"); rs[len(rs)-1]["status"] != "done" {
+		t.Fatalf("ab split: %v", rs)
+	}
+	mark := len(r.sink.byModel("sin"))
+	waitFor(t, "results of the candidate tagged b", func() bool {
+		rs := r.sink.byModel("sin")
+		return len(rs) > mark+20 && rs[len(rs)-1].Variant == "b" && rs[len(rs)-1].Version == "1.1.0"
+	})
+	con.send("edge/cmd-1/cmd", con.cmd("ab2", "abort", `{"model":"sin"}`))
+	if rs := con.final("ab2"); rs[len(rs)-1]["status"] != "done" {
+		t.Fatalf("abort: %v", rs)
+	}
+	mark = len(r.sink.byModel("sin"))
+	waitFor(t, "untagged results of 1.0.0 again", func() bool {
+		rs := r.sink.byModel("sin")
+		return len(rs) > mark+20 && rs[len(rs)-1].Variant == "" && rs[len(rs)-1].Version == "1.0.0"
+	})
+	con.send("edge/cmd-1/cmd", con.cmd("ab3", "ab", `{"model":"sin","version":"1.1.0","mode":"shadow"}`))
+	if rs := con.final("ab3"); rs[len(rs)-1]["status"] != "done" {
+		t.Fatalf("ab shadow: %v", rs)
+	}
+	waitFor(t, "50 shadow comparisons", func() bool {
+		for _, st := range r.a.Pipeline().Stats() {
+			if x := st.Experiment; x != nil && x.Compared >= 50 {
+				return true
+			}
+		}
+		return false
+	})
+	for _, res := range r.sink.byModel("sin")[mark:] {
+		if res.Version != "1.0.0" {
+			t.Fatalf("a shadow candidate's result was published: %+v", res)
+		}
+	}
+	x := r.a.Pipeline().Stats()[0].Experiment
+	if x.Mode != "shadow" || x.MeanAbsDiff != 0 || x.B.Errors != 0 || x.B.Results < 50 {
+		t.Errorf("shadow of the same model file: %+v; want identical outputs (mean abs diff 0)", x)
+	}
+	con.send("edge/cmd-1/cmd", con.cmd("ab4", "promote", `{"model":"sin"}`))
+	if rs := con.final("ab4"); rs[len(rs)-1]["status"] != "done" {
+		t.Fatalf("promote: %v", rs)
+	}
+	mqtttest.WaitFor(t, 20*time.Second, "1.1.0 serving after promote", func() bool { return serving(r) == "1.1.0" })
+	if r.a.Pipeline().Stats()[0].Experiment != nil {
+		t.Error("the experiment is still running after promote")
+	}
+
 	for id, body := range map[string]string{
 		"u1": con.cmd("u1", "reboot-the-moon", ""),
 		"e1": `{"id":"e1","type":"ping","issued_at":"2020-01-01T00:00:00Z","expires":"2020-01-01T01:00:00Z"}`,

@@ -30,6 +30,7 @@ import (
 // Swapper is what deploy needs from the pipeline.
 type Swapper interface {
 	Swap(name string, s *pipeline.Serving) (*pipeline.Serving, error)
+	SetExperiment(name string, x *pipeline.Experiment) (*pipeline.Experiment, error)
 	Stats() []pipeline.ModelStats
 }
 
@@ -484,6 +485,9 @@ func (m *Manager) CloseServing() {
 	defer m.mu.Unlock()
 	m.endAllTrials()
 	for _, name := range m.opt.Served {
+		if x, err := m.opt.Pipeline.SetExperiment(name, nil); err == nil && x != nil {
+			closeServing(x.Candidate)
+		}
 		if s, err := m.opt.Pipeline.Swap(name, nil); err == nil {
 			closeServing(s)
 		}

@@ -90,6 +90,7 @@ type modelEntry struct {
 	cfg     ModelConfig
 	states  sync.Pool // *workerState for Process callers, so their input buffers are reused
 	serving atomic.Pointer[Serving]
+	exp     atomic.Pointer[experiment] // an A/B or shadow experiment, or nil
 	queue   *sensor.Queue
 	stats   modelStats
 }
@@ -188,17 +189,43 @@ func (p *Pipeline) process(ctx context.Context, e *modelEntry, f sensor.Frame, w
 		e.stats.noVersion.Add(1)
 		return nil, fmt.Errorf("model %q: %w", e.cfg.Name, ErrNoVersion)
 	}
+	x := e.exp.Load()
+	variant, arm := "", (*arm)(nil)
+	if x != nil {
+		s, variant, arm = x.route(e.cfg.Name, f, s)
+	}
+	res, po, err := p.run(ctx, e, s, f, w)
+	if arm != nil {
+		if err != nil {
+			arm.errors.Add(1)
+		} else {
+			arm.stats.results.Add(1)
+			arm.stats.observe(time.Duration(res.LatencyUS) * time.Microsecond)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	res.Variant = variant
+	if x != nil && x.Shadow {
+		x.shadow(ctx, f, po, p.now)
+	}
+	return res, nil
+}
+
+// run is one frame through one version.
+func (p *Pipeline) run(ctx context.Context, e *modelEntry, s *Serving, f sensor.Frame, w *workerState) (*result.Result, postprocess.Output, error) {
 	start := p.now()
 	in, err := s.Pre.Apply(f, w.in)
 	if err != nil {
 		e.stats.preErrors.Add(1)
-		return nil, fmt.Errorf("model %q: preprocess frame %s#%d: %w", e.cfg.Name, f.Source, f.Seq, err)
+		return nil, postprocess.Output{}, fmt.Errorf("model %q: preprocess frame %s#%d: %w", e.cfg.Name, f.Source, f.Seq, err)
 	}
 	w.in = in
 	out, err := s.Model.Infer(ctx, in)
 	if err != nil {
 		e.stats.inferErrors.Add(1)
-		return nil, fmt.Errorf("model %q: %w", e.cfg.Name, err)
+		return nil, postprocess.Output{}, fmt.Errorf("model %q: %w", e.cfg.Name, err)
 	}
 	po, err := s.Post.Apply(out)
 	if err != nil {
@@ -206,7 +233,7 @@ func (p *Pipeline) process(ctx context.Context, e *modelEntry, f sensor.Frame, w
 		if errors.Is(err, postprocess.ErrNonFinite) {
 			e.stats.nonFinite.Add(1)
 		}
-		return nil, fmt.Errorf("model %q: postprocess: %w", e.cfg.Name, err)
+		return nil, postprocess.Output{}, fmt.Errorf("model %q: postprocess: %w", e.cfg.Name, err)
 	}
 	lat := p.now().Sub(start)
 	e.stats.observe(lat)
@@ -224,7 +251,7 @@ func (p *Pipeline) process(ctx context.Context, e *modelEntry, f sensor.Frame, w
 		Detections: po.Detections,
 		Values:     po.Values,
 		InputRef:   f.Ref,
-	}, nil
+	}, po, nil
 }
 
 // Run moves frames until ctx is cancelled. Then, with the sources stopping, it keeps taking
@@ -343,6 +370,8 @@ type ModelStats struct {
 	LatencyP50  float64 `json:"latency_p50_ms"`
 	LatencyP99  float64 `json:"latency_p99_ms"`
 	LastError   string  `json:"last_error,omitempty"`
+	// Experiment is the running A/B or shadow experiment, if any.
+	Experiment *ExperimentStats `json:"experiment,omitempty"`
 }
 
 type modelStats struct {
@@ -394,6 +423,9 @@ func (p *Pipeline) Stats() []ModelStats {
 			NonFinite: e.stats.nonFinite.Load(), SinkErrors: e.stats.sinkErrors.Load(),
 			NoVersion: e.stats.noVersion.Load(), Dropped: qs.Dropped, QueueDepth: qs.Depth,
 			LatencyP50: p50, LatencyP99: p99, LastError: lastErr,
+		}
+		if x := e.exp.Load(); x != nil {
+			st.Experiment = x.stats()
 		}
 		if s := e.serving.Load(); s != nil {
 			st.Version = s.Version
