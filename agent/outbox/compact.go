@@ -113,24 +113,3 @@ func (o *Outbox) compact() (err error) {
 	}
 	return nil
 }
-
-// mkdirAllSync is os.MkdirAll (mode 0700) that also fsyncs the parent of every directory
-// it creates, so that they survive a power cut.
-func mkdirAllSync(dir string) error {
-	if fi, err := os.Stat(dir); err == nil {
-		if !fi.IsDir() {
-			return fmt.Errorf("%s is not a directory", dir)
-		}
-		return nil
-	}
-	parent := filepath.Dir(dir)
-	if parent != dir {
-		if err := mkdirAllSync(parent); err != nil {
-			return err
-		}
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
-		return err
-	}
-	return durable.Sync(parent)
-}

@@ -183,7 +183,7 @@ func Open(path string, opt Options) (*Outbox, error) {
 	if err != nil {
 		return nil, fmt.Errorf("outbox %s: %w", path, err)
 	}
-	if err := mkdirAllSync(filepath.Dir(path)); err != nil {
+	if err := durable.MkdirAll(filepath.Dir(path)); err != nil {
 		return nil, fmt.Errorf("outbox %s: create its directory: %w", path, err)
 	}
 	_, statErr := os.Stat(path)

@@ -56,7 +56,7 @@ type Store struct {
 func Open(path string) (*Store, error) { return open(path, lockTimeout) }
 
 func open(path string, timeout time.Duration) (*Store, error) {
-	if err := mkdirAllSync(filepath.Dir(path)); err != nil {
+	if err := durable.MkdirAll(filepath.Dir(path)); err != nil {
 		return nil, fmt.Errorf("state %s: create its directory: %w", path, err)
 	}
 	db, err := openBolt(path, timeout)
@@ -245,25 +245,4 @@ func stamp(t time.Time) []byte {
 
 func expKey(until, id []byte) []byte {
 	return append(append(make([]byte, 0, 8+len(id)), until...), id...)
-}
-
-// mkdirAllSync is os.MkdirAll (mode 0700) that also fsyncs the parent of every directory
-// it creates, so that they survive a power cut.
-func mkdirAllSync(dir string) error {
-	if fi, err := os.Stat(dir); err == nil {
-		if !fi.IsDir() {
-			return fmt.Errorf("%s is not a directory", dir)
-		}
-		return nil
-	}
-	parent := filepath.Dir(dir)
-	if parent != dir {
-		if err := mkdirAllSync(parent); err != nil {
-			return err
-		}
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
-		return err
-	}
-	return durable.Sync(parent)
 }

@@ -3,7 +3,11 @@
 // It imports only the standard library.
 package durable
 
-import "os"
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+)
 
 // Sync fsyncs a file or a directory.
 func Sync(path string) error {
@@ -16,4 +20,25 @@ func Sync(path string) error {
 		err = cerr
 	}
 	return err
+}
+
+// MkdirAll is os.MkdirAll (mode 0700) that also fsyncs the parent of every directory it
+// creates, so that they survive a power cut.
+func MkdirAll(dir string) error {
+	if fi, err := os.Stat(dir); err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("%s is not a directory", dir)
+		}
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if parent != dir {
+		if err := MkdirAll(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
+		return err
+	}
+	return Sync(parent)
 }
