@@ -51,6 +51,8 @@ type fleet struct {
 	router  *command.Router // fleet commands (set by Agent.startCommands before run)
 	started time.Time
 	status  func() map[string]any
+	// dropBase is the results stream's drop totals when the outbox was opened.
+	dropBase outbox.Dropped
 
 	evq       chan result.Event
 	evDropped atomic.Uint64
@@ -93,10 +95,11 @@ func openFleet(cfg *config.Config, log *slog.Logger, h *health.Tracker) (*fleet,
 		"next_seq", rs.LastSeq+1, "dropped_total", rs.Dropped.Oldest+rs.Dropped.Newest+rs.Dropped.Age, "file_bytes", st.FileBytes)
 	f := &fleet{
 		cfg: cfg, log: log, health: h, ob: ob,
-		results: ob.Stream(streamResults),
-		events:  ob.Stream(streamEvents),
-		started: time.Now(),
-		evq:     make(chan result.Event, eventQueue),
+		results:  ob.Stream(streamResults),
+		events:   ob.Stream(streamEvents),
+		started:  time.Now(),
+		dropBase: rs.Dropped,
+		evq:      make(chan result.Event, eventQueue),
 	}
 	if moved != "" {
 		f.emit(result.Event{Type: "outbox.damaged", Severity: "warning", Component: "outbox",
@@ -266,8 +269,8 @@ func (f *fleet) watch(ctx context.Context) {
 	defer cancel()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	var lastDropped outbox.Dropped
-	first := true
+	// Drops counted before this start were announced by the run that made them.
+	lastDropped := f.dropBase
 	for {
 		select {
 		case <-ctx.Done():
@@ -285,9 +288,6 @@ func (f *fleet) watch(ctx context.Context) {
 		case <-t.C:
 			st := f.results.Stats()
 			d := st.Dropped
-			if first {
-				lastDropped, first = d, false
-			}
 			if n := (d.Oldest + d.Newest + d.Age) - (lastDropped.Oldest + lastDropped.Newest + lastDropped.Age); n > 0 {
 				msg := fmt.Sprintf("outbox dropped %d results (cap %d results / %d bytes, policy %s): the broker has been unreachable too long or results arrive faster than they are sent",
 					n, st.Caps.MaxCount, st.Caps.MaxBytes, st.Caps.Policy)

@@ -132,6 +132,15 @@ models:
 	dropped, appended := st.Dropped.Oldest, st.Appended
 
 	broker.Start()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("link %+v\noutbox %+v\nconsumer got %d results, %d events\nbroker log tail: %s", r.a.FleetStats()["mqtt"], outboxStats(t, r),
+				sub.Count("results", "fleet-2"), sub.Count("events", "fleet-2"), tail(broker.Log(), 3000))
+			for _, e := range sub.Records("events", "fleet-2") {
+				t.Logf("event %s", e)
+			}
+		}
+	})
 	mqtttest.WaitFor(t, 30*time.Second, "the kept results at the broker", func() bool {
 		return sub.Count("results", "fleet-2") >= 500
 	})
@@ -264,4 +273,11 @@ func TestBadMQTTSettingsNameTheField(t *testing.T) {
 			t.Errorf("%s: %v; want it to name %s", c.mqtt, err, c.want)
 		}
 	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
 }

@@ -48,6 +48,14 @@ func NewConsumer(t testing.TB, broker string, topics ...string) *Consumer {
 	if tok := k.c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("consumer connect %s: %v", broker, tok.Error())
 	}
+	// Subscribed (SUBACK) before NewConsumer returns: the on-connect subscription above runs
+	// asynchronously, and a broker stopped right after would not keep what it had not yet
+	// got in the persistent session.
+	for _, tp := range topics {
+		if tok := k.c.Subscribe(tp, 1, k.handle); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("consumer subscribe %s: %v", tp, tok.Error())
+		}
+	}
 	t.Cleanup(func() { k.c.Disconnect(100) })
 	return k
 }
