@@ -801,3 +801,41 @@ func printRecord(w io.Writer, stream, dev string, rec json.RawMessage, asJSON bo
 	}
 	fmt.Fprintf(w, "%s %s result #%d %s@%s %dµs %s\n", ts, dev, r.Seq, r.Model, r.Version, r.LatencyUS, out)
 }
+
+// cmdAB starts an A/B split or a shadow test of an installed version on the targets.
+func cmdAB(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ab", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	o := addSendFlags(fs)
+	weight := fs.Float64("weight", -1, "split: share of each device's sources served by VERSION, 0..1")
+	shadow := fs.Bool("shadow", false, "shadow test: run VERSION on every input, compare, publish only the active version's results")
+	pos, err := parseMixed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 2 || (*shadow == (*weight >= 0)) {
+		return usageError{errors.New("ab needs MODEL VERSION and exactly one of --weight W (split) or --shadow")}
+	}
+	m := map[string]any{"model": pos[0], "version": pos[1], "mode": "shadow"}
+	if !*shadow {
+		m["mode"], m["weight"] = "split", *weight
+	}
+	a, _ := json.Marshal(m)
+	return o.send("ab", a, false, stdout, stderr)
+}
+
+// cmdEndExperiment sends promote or abort for MODEL.
+func cmdEndExperiment(verb string, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet(verb, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	o := addSendFlags(fs)
+	pos, err := parseMixed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageError{fmt.Errorf("%s needs MODEL", verb)}
+	}
+	a, _ := json.Marshal(map[string]string{"model": pos[0]})
+	return o.send(verb, a, false, stdout, stderr)
+}

@@ -243,6 +243,40 @@ mqtt: {broker: %s, backoff_min: 50ms, backoff_max: 200ms}
 		}
 	})
 
+	t.Run("experiment", func(t *testing.T) {
+		v2 := f.Pack(t, bundletest.Opt{Version: "1.1.0", Seq: 2})
+		srv2 := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, v2) }))
+		defer srv2.Close()
+		run := func(want int, args ...string) string {
+			t.Helper()
+			code, out, errOut := edgectl(t, append(args, conn...)...)
+			if code != want {
+				t.Fatalf("edgectl %v: exit %d; want %d\n%s\n%s", args, code, want, out, errOut)
+			}
+			return out
+		}
+		run(0, "deploy", "--device", "dev-a", "--url", srv2.URL, v2)
+		if code, _, _ := edgectl(t, append([]string{"ab", "--device", "dev-a", "sin", "1.0.0"}, conn...)...); code == 0 {
+			t.Error("ab without --weight or --shadow succeeded")
+		}
+		run(0, "ab", "--device", "dev-a", "sin", "1.0.0", "--shadow")
+		eventually(t, "shadow comparisons on dev-a", func() bool {
+			st := agents["dev-a"].Pipeline().Stats()[0]
+			return st.Experiment != nil && st.Experiment.Mode == "shadow" && st.Experiment.Compared > 10
+		})
+		run(0, "abort", "--device", "dev-a", "sin")
+		run(0, "ab", "--device", "dev-a", "sin", "1.0.0", "--weight", "0.5", "--json")
+		if x := agents["dev-a"].Pipeline().Stats()[0].Experiment; x == nil || x.Mode != "split" || x.Weight != 0.5 {
+			t.Fatalf("experiment after ab --weight 0.5: %+v", x)
+		}
+		run(0, "promote", "--device", "dev-a", "sin")
+		eventually(t, "dev-a serving the promoted 1.0.0", func() bool {
+			st := agents["dev-a"].Pipeline().Stats()[0]
+			return st.Version == "1.0.0" && st.Experiment == nil
+		})
+		run(1, "abort", "--device", "dev-a", "sin") // nothing to abort any more
+	})
+
 	t.Run("no such device", func(t *testing.T) {
 		code, _, errOut := edgectl(t, append([]string{"ping", "--device", "nobody", "--timeout", "500ms"}, conn...)...)
 		if code != 1 || !strings.Contains(errOut, "no device replied") {

@@ -36,6 +36,9 @@ Fleet commands (MQTT; docs/mqtt.md):
   edgectl deploy TARGET --url URL --sha256 HEX  deploy a bundle the devices fetch from URL (progress per device)
   edgectl deploy TARGET --url URL BUNDLE_FILE   the same, with the sha256 computed from the local file
   edgectl rollback TARGET MODEL [VERSION]       go back to the previous (or the given) version of MODEL
+  edgectl ab TARGET MODEL VERSION --weight W | --shadow   A/B split (W of the sources) or shadow test of VERSION
+  edgectl promote TARGET MODEL                  make the experiment's candidate the active version
+  edgectl abort TARGET MODEL                    end the experiment; the active version serves alone
   edgectl ping --device ID                      same as: edgectl cmd --device ID ping
   edgectl status [--watch] [--settle 1s] [--json]   fleet table from the retained status messages
   edgectl watch [--device ID] [--results] [--events] [--count N] [--timeout D] [--json]
@@ -80,6 +83,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdDeploy(args[1:], stdout, stderr)
 	case "rollback":
 		err = cmdRollback(args[1:], stdout, stderr)
+	case "ab":
+		err = cmdAB(args[1:], stdout, stderr)
+	case "promote", "abort":
+		err = cmdEndExperiment(args[0], args[1:], stdout, stderr)
 	case "status":
 		err = cmdStatus(args[1:], stdout, stderr)
 	case "watch":
