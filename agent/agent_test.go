@@ -319,12 +319,5 @@ models:
 		t.Errorf("no stop line in the log:\n%s", r.logs.String())
 	}
 	// Every goroutine the agent started has ended.
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > before {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<16)
-			t.Fatalf("goroutines %d before, %d after stop:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.WaitGoroutines(t, before, 5*time.Second)
 }

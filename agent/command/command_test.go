@@ -7,35 +7,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/edge-agent/edge-agent/internal/testenv"
 )
 
 var quiet = slog.New(slog.DiscardHandler)
-
-// noLeaks fails the test if goroutines started during it outlive it. Call it first, so its
-// cleanup runs after the others.
-func noLeaks(t testing.TB) {
-	t.Helper()
-	start := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > start {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Errorf("goroutines: got %d after the test; want at most %d as before it\n%s",
-					runtime.NumGoroutine(), start, buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	})
-}
 
 var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 
@@ -187,7 +169,7 @@ func TestNew(t *testing.T) {
 // Every refusal in Handle: a failed reply with a reason that says what was wrong, or no
 // reply when no id can be read, and the right counter.
 func TestRefusals(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	big := `"` + strings.Repeat("x", 600) + `"`
 	for _, tc := range []struct {
 		name    string
@@ -240,7 +222,7 @@ func TestRefusals(t *testing.T) {
 // A replayed command does nothing: the handler runs once, the second delivery gets no
 // reply, whether the first is still running or finished.
 func TestReplay(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	release := make(chan struct{})
 	var runs atomic.Int32
 	h := newT(t, Options{Handlers: map[string]Handler{
@@ -275,7 +257,7 @@ func TestReplay(t *testing.T) {
 }
 
 func TestHandlerErrorAndRememberError(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	h := newT(t, Options{Handlers: map[string]Handler{
 		"fail": func(context.Context, Command, Progress) (any, error) {
 			return nil, errors.New("disk full: free space under /var/lib/edge-agent")
@@ -300,7 +282,7 @@ func TestHandlerErrorAndRememberError(t *testing.T) {
 }
 
 func TestProgressRateLimited(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	var saved Progress
 	var h *harness
 	h = newT(t, Options{Handlers: map[string]Handler{"work": func(ctx context.Context, c Command, p Progress) (any, error) {
@@ -335,7 +317,7 @@ func TestProgressRateLimited(t *testing.T) {
 }
 
 func TestPanickingHandler(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	h := newT(t, Options{Workers: 1, Handlers: map[string]Handler{
 		"boom": func(context.Context, Command, Progress) (any, error) { panic("index out of range") },
 		"echo": echo,
@@ -351,7 +333,7 @@ func TestPanickingHandler(t *testing.T) {
 }
 
 func TestQueueFull(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	started, release := make(chan struct{}), make(chan struct{})
 	h := newT(t, Options{Workers: 1, Queue: 1, Handlers: map[string]Handler{
 		"block": func(ctx context.Context, c Command, p Progress) (any, error) {
@@ -380,7 +362,7 @@ func TestQueueFull(t *testing.T) {
 
 // Shutdown: the running handler's ctx ends, queued commands are failed, later ones refused.
 func TestShutdown(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	started := make(chan struct{})
 	h := newT(t, Options{Workers: 1, Handlers: map[string]Handler{
 		"wait": func(ctx context.Context, c Command, p Progress) (any, error) {
@@ -404,7 +386,7 @@ func TestShutdown(t *testing.T) {
 }
 
 func TestTimeout(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	h := newT(t, Options{Timeout: time.Nanosecond, Handlers: map[string]Handler{
 		"wait": func(ctx context.Context, c Command, p Progress) (any, error) {
 			<-ctx.Done()
@@ -433,7 +415,7 @@ func fakeVerify(body, sig []byte) error {
 }
 
 func TestSignedEnvelopeRequired(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	h := newT(t, Options{Verify: fakeVerify, Handlers: map[string]Handler{"echo": echo}})
 	h.run(t)
 	for _, tc := range []struct {

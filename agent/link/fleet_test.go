@@ -384,7 +384,7 @@ func TestOfflineMode(t *testing.T) {
 	if q.Len() != 1 || q.Reads() != 0 {
 		t.Errorf("queue has %d records after %d reads; want 1 untouched", q.Len(), q.Reads())
 	}
-	noLeak(t, baseline)
+	testenv.WaitGoroutines(t, baseline, 2*time.Second)
 }
 
 // A second Run while one runs is refused instead of fighting over the client id.

@@ -20,6 +20,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edge-agent/edge-agent/agent/link"
+	"github.com/edge-agent/edge-agent/internal/testenv"
 )
 
 // memQueue is an in-memory link.Queue. It stands in for agent/outbox, which has its own
@@ -167,30 +168,11 @@ func start(t *testing.T, l *link.Link) (stop func()) {
 				buf = buf[:runtime.Stack(buf, true)]
 				t.Fatalf("Run did not return within 20s of cancel:\n%s", buf)
 			}
-			noLeak(t, baseline)
+			testenv.WaitGoroutines(t, baseline, 2*time.Second)
 		})
 	}
 	t.Cleanup(stop)
 	return stop
-}
-
-// noLeak waits up to 2s for the goroutine count to come back to baseline: paho finishes
-// closing a connection on its own goroutines just after Disconnect returns.
-func noLeak(t *testing.T, baseline int) {
-	t.Helper()
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		n := runtime.NumGoroutine()
-		if n <= baseline {
-			return
-		}
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			t.Fatalf("%d goroutines after Run returned; want at most %d as before it started:\n%s", n, baseline, buf)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // eventually polls cond until it holds or the deadline passes.

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/edge-agent/edge-agent/internal/testenv"
 )
 
 // fill appends n records of size bytes from writers goroutines and returns the smallest
@@ -38,7 +40,7 @@ func fill(t testing.TB, s *Stream, n, size, writers int) (lo, hi uint64) {
 // Over a long run of fill-then-drain rounds the file stays bounded: bbolt reuses freed
 // pages within a round, and compaction gives the space back once the backlog is acked.
 func TestCompactionKeepsFileBounded(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	const (
 		rounds  = 30
 		perRnd  = 20_000

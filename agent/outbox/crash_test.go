@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/edge-agent/edge-agent/internal/testenv"
 )
 
 // The crash test runs this test binary again as a child (TestHelperProcess) that appends
@@ -87,7 +89,7 @@ type acked struct {
 }
 
 func TestCrashKill9(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	if os.Getenv(envCrashHelper) != "" {
 		t.Skip("in the child")
 	}

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,28 +16,11 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/edge-agent/edge-agent/internal/testenv"
 )
 
 var quiet = slog.New(slog.DiscardHandler)
-
-// noLeaks fails the test if goroutines started during it outlive it. Call it first, so its
-// cleanup runs after the others (Close).
-func noLeaks(t testing.TB) {
-	t.Helper()
-	start := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > start {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Errorf("goroutines: got %d after the test; want at most %d as before it\n%s",
-					runtime.NumGoroutine(), start, buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	})
-}
 
 // openT opens an outbox with stream "results" (caps c) unless opt declares streams, and
 // closes it when the test ends.
@@ -135,7 +117,7 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 }
 
 func TestRoundTripAndReopen(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	path := filepath.Join(t.TempDir(), "sub", "outbox.db")
 	o := openT(t, path, Options{}, Caps{})
 	s := o.Stream("results")
@@ -216,7 +198,7 @@ func TestRoundTripAndReopen(t *testing.T) {
 }
 
 func TestStreamsAreIndependent(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	o := openT(t, filepath.Join(t.TempDir(), "o.db"), Options{Streams: map[string]Caps{"results": {}, "events": {MaxCount: 1}}}, Caps{})
 	r, e := o.Stream("results"), o.Stream("events")
 	appendT(t, r, "r1")
@@ -236,7 +218,7 @@ func TestStreamsAreIndependent(t *testing.T) {
 }
 
 func TestConcurrentAppendsShareCommits(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	o := openT(t, filepath.Join(t.TempDir(), "o.db"), Options{}, Caps{})
 	s := o.Stream("results")
 	const writers, each = 64, 50
@@ -283,7 +265,7 @@ func TestConcurrentAppendsShareCommits(t *testing.T) {
 }
 
 func TestDropOldest(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	path := filepath.Join(t.TempDir(), "o.db")
 	o := openT(t, path, Options{}, Caps{MaxCount: 10})
 	s := o.Stream("results")
@@ -301,7 +283,7 @@ func TestDropOldest(t *testing.T) {
 }
 
 func TestMaxBytes(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	o := openT(t, filepath.Join(t.TempDir(), "o.db"), Options{MaxRecord: 64}, Caps{MaxBytes: 100})
 	s := o.Stream("results")
 	rec30 := strings.Repeat("x", 30)
@@ -326,7 +308,7 @@ func TestMaxBytes(t *testing.T) {
 }
 
 func TestDropNewest(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	o := openT(t, filepath.Join(t.TempDir(), "o.db"), Options{}, Caps{MaxCount: 5, Policy: DropNewest})
 	s := o.Stream("results")
 	for i := 1; i <= 5; i++ {
@@ -349,7 +331,7 @@ func TestDropNewest(t *testing.T) {
 }
 
 func TestBlock(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	o := openT(t, filepath.Join(t.TempDir(), "o.db"), Options{}, Caps{MaxCount: 3, Policy: Block})
 	s := o.Stream("results")
 	for i := 1; i <= 3; i++ {
@@ -422,7 +404,7 @@ func (c *clock) Now() time.Time      { return time.Unix(0, c.ns.Load()) }
 func (c *clock) Add(d time.Duration) { c.ns.Add(int64(d)) }
 
 func TestMaxAge(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 	clk := newClock(t0)
 	o := openT(t, filepath.Join(t.TempDir(), "o.db"), Options{Now: clk.Now, tick: 5 * time.Millisecond}, Caps{MaxAge: time.Minute})
@@ -453,7 +435,7 @@ func TestMaxAge(t *testing.T) {
 }
 
 func TestCountersSurviveReopen(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "o.db")
 	clk := newClock(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
@@ -501,7 +483,7 @@ func TestCountersSurviveReopen(t *testing.T) {
 }
 
 func TestReadWaitsForAppend(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	o := openT(t, filepath.Join(t.TempDir(), "o.db"), Options{}, Caps{})
 	s := o.Stream("results")
 
@@ -576,7 +558,7 @@ func TestReadWaitsForAppend(t *testing.T) {
 }
 
 func TestClosed(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	o := openT(t, filepath.Join(t.TempDir(), "o.db"), Options{}, Caps{})
 	s := o.Stream("results")
 	appendT(t, s, "r1")
@@ -598,7 +580,7 @@ func TestClosed(t *testing.T) {
 // Appends racing Close either commit (and are readable after reopening) or fail with
 // ErrClosed; none hangs.
 func TestCloseDuringAppends(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	path := filepath.Join(t.TempDir(), "o.db")
 	o := openT(t, path, Options{}, Caps{})
 	s := o.Stream("results")
@@ -638,7 +620,7 @@ func TestCloseDuringAppends(t *testing.T) {
 }
 
 func TestOpenErrors(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	dir := t.TempDir()
 	if _, err := Open(filepath.Join(dir, "a.db"), Options{Logger: quiet}); err == nil {
 		t.Error("Open without streams: got nil error")
@@ -657,7 +639,7 @@ func TestOpenErrors(t *testing.T) {
 }
 
 func TestCorruptFile(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	dir := t.TempDir()
 	valid := filepath.Join(dir, "valid.db")
 	o := openT(t, valid, Options{}, Caps{})
@@ -747,7 +729,7 @@ func TestDamagedTree(t *testing.T) {
 }
 
 func TestStaleCompactFileIsRemoved(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	path := filepath.Join(t.TempDir(), "o.db")
 	if err := os.WriteFile(path+compactSuffix, []byte("half a copy"), 0o600); err != nil {
 		t.Fatal(err)
@@ -759,7 +741,7 @@ func TestStaleCompactFileIsRemoved(t *testing.T) {
 }
 
 func TestStatsJSON(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	o := openT(t, filepath.Join(t.TempDir(), "o.db"), Options{}, Caps{})
 	empty, err := json.Marshal(o.Stats())
 	if err != nil {

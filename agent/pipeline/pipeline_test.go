@@ -17,6 +17,7 @@ import (
 	"github.com/edge-agent/edge-agent/agent/postprocess"
 	"github.com/edge-agent/edge-agent/agent/result"
 	"github.com/edge-agent/edge-agent/hal/sensor"
+	"github.com/edge-agent/edge-agent/internal/testenv"
 )
 
 // standInPre copies the frame's first value into a float32 tensor.
@@ -70,18 +71,6 @@ func serving(version string, m *standInModel) *Serving {
 	return &Serving{Version: version, Model: m, Pre: standInPre{}, Post: standInPost{}}
 }
 
-func settleGoroutines(t *testing.T, before int) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > before {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<16)
-			t.Fatalf("goroutines %d → %d after stop:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestFanOutToEveryModelAndDrainOnStop(t *testing.T) {
 	before := runtime.NumGoroutine()
 	sink := &keep{}
@@ -114,7 +103,7 @@ func TestFanOutToEveryModelAndDrainOnStop(t *testing.T) {
 			t.Fatalf("result %+v; want output %v", r, want)
 		}
 	}
-	settleGoroutines(t, before)
+	testenv.WaitGoroutines(t, before, 5*time.Second)
 }
 
 func TestFullModelQueueDropsOldestAndCounts(t *testing.T) {

@@ -6,32 +6,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-)
 
-// noLeaks fails the test if goroutines started during it outlive it. Call it first, so its
-// cleanup runs after the others (Close).
-func noLeaks(t testing.TB) {
-	t.Helper()
-	start := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > start {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Errorf("goroutines: got %d after the test; want at most %d as before it\n%s",
-					runtime.NumGoroutine(), start, buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	})
-}
+	"github.com/edge-agent/edge-agent/internal/testenv"
+)
 
 func openT(t testing.TB, path string) *Store {
 	t.Helper()
@@ -57,7 +39,7 @@ func remember(t testing.TB, s *Store, id string, until, now time.Time, limit int
 }
 
 func TestSeenAndExpiry(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	dir := filepath.Join(t.TempDir(), "a", "b") // Open creates missing directories
 	path := filepath.Join(dir, "state.db")
 	s := openT(t, path)
@@ -89,7 +71,7 @@ func TestSeenAndExpiry(t *testing.T) {
 }
 
 func TestLimitEvictsSoonestExpiring(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	s := openT(t, filepath.Join(t.TempDir(), "state.db"))
 	// Remembered in an order unlike their expiry.
 	for _, x := range []struct {
@@ -147,7 +129,7 @@ func ids(t testing.TB, s *Store) map[string]bool {
 }
 
 func TestSurvivesReopen(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	path := filepath.Join(t.TempDir(), "state.db")
 	s, err := Open(path)
 	if err != nil {
@@ -171,7 +153,7 @@ func TestSurvivesReopen(t *testing.T) {
 }
 
 func TestRememberErrors(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	s := openT(t, filepath.Join(t.TempDir(), "state.db"))
 	if _, err := s.Remember("", at(time.Hour), t0, 10); err == nil {
 		t.Error("Remember of an empty id: got nil error")
@@ -186,7 +168,7 @@ func TestRememberErrors(t *testing.T) {
 }
 
 func TestLocked(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	path := filepath.Join(t.TempDir(), "state.db")
 	openT(t, path)
 	_, err := open(path, 50*time.Millisecond)
@@ -196,7 +178,7 @@ func TestLocked(t *testing.T) {
 }
 
 func TestDamagedFile(t *testing.T) {
-	noLeaks(t)
+	testenv.NoGoroutineLeaks(t)
 	dir := t.TempDir()
 	valid := filepath.Join(dir, "valid.db")
 	s, err := Open(valid)
