@@ -126,11 +126,12 @@ func (x *experiment) route(model string, f sensor.Frame, primary *Serving) (*Ser
 }
 
 // shadow runs the candidate on the same frame and compares its output with the primary's.
-func (x *experiment) shadow(ctx context.Context, f sensor.Frame, primary postprocess.Output, now func() time.Time) {
+func (x *experiment) shadow(ctx context.Context, f sensor.Frame, primary postprocess.Output, w *workerState, now func() time.Time) {
 	c := x.Candidate
 	start := now()
-	in, err := c.Pre.Apply(f, nil)
+	in, err := c.Pre.Apply(f, w.shadowIn)
 	if err == nil {
+		w.shadowIn = in
 		out, err := c.Model.Infer(ctx, in)
 		if err == nil {
 			var po postprocess.Output

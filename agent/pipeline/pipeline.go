@@ -180,7 +180,8 @@ func (p *Pipeline) Process(ctx context.Context, model string, f sensor.Frame) (*
 
 // workerState holds buffers a worker reuses between frames.
 type workerState struct {
-	in []infer.Tensor
+	in       []infer.Tensor
+	shadowIn []infer.Tensor // the shadow candidate's input (its preprocessing may differ)
 }
 
 func (p *Pipeline) process(ctx context.Context, e *modelEntry, f sensor.Frame, w *workerState) (*result.Result, error) {
@@ -208,7 +209,7 @@ func (p *Pipeline) process(ctx context.Context, e *modelEntry, f sensor.Frame, w
 	}
 	res.Variant = variant
 	if x != nil && x.Shadow {
-		x.shadow(ctx, f, po, p.now)
+		x.shadow(ctx, f, po, w, p.now)
 	}
 	return res, nil
 }
