@@ -432,7 +432,11 @@ func (a *Agent) statusFields() map[string]any {
 	for _, st := range a.pipe.Stats() {
 		models = append(models, map[string]string{"name": st.Name, "version": st.Version})
 	}
-	return map[string]any{"board": a.board.Model, "hardware": a.hw.Summary(), "models": models, "health": a.health.Worst().String()}
+	s := map[string]any{"board": a.board.Model, "hardware": a.hw.Summary(), "models": models, "health": a.health.Worst().String(), "agent_version": Version}
+	if len(a.cfg.MQTT.Groups) > 0 {
+		s["groups"] = a.cfg.MQTT.Groups
+	}
+	return s
 }
 
 // metrics is the periodic telemetry message (docs/mqtt.md).

@@ -172,6 +172,8 @@ func (a *Agent) commandHandlers() map[string]command.Handler {
 		}
 		return map[string]any{"model": man.Name, "version": man.Version, "sequence": man.Sequence}, nil
 	}
+	a.configHandler(h)
+	a.captureHandler(h)
 	return h
 }
 

@@ -91,6 +91,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdStatus(args[1:], stdout, stderr)
 	case "watch":
 		err = cmdWatch(args[1:], stdout, stderr)
+	case "capture":
+		err = cmdCapture(args[1:], stdout, stderr)
+	case "config":
+		err = cmdConfig(args[1:], stdout, stderr)
+	case "serve":
+		err = cmdServe(args[1:], stdout, stderr)
+	case "rollout":
+		err = cmdRollout(args[1:], stdout, stderr)
+	case "simulate":
+		err = cmdSimulate(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "edgectl", agent.Version)
 	case "help", "-h", "--help":
