@@ -60,7 +60,15 @@ type Options struct {
 	// NoFleet builds the agent without the outbox and the MQTT link, for commands that act
 	// on the model store beside a running daemon (edge-agent models ...).
 	NoFleet bool
+	// LogLevel, when set, is the level of Logger's handler; the config command changes it
+	// live (log.level).
+	LogLevel *slog.LevelVar
 }
+
+// ErrReload is Run's result when a config command changed settings that apply at start:
+// the agent stopped cleanly and the caller should build and run it again (cmd/edge-agent
+// does, in the same process).
+var ErrReload = errors.New("agent stopped to reload its settings")
 
 // Agent is a running edge-agent.
 type Agent struct {
@@ -77,6 +85,11 @@ type Agent struct {
 	deploy  *deploy.Manager // nil when no model is served from bundles
 	store   *store.Store
 	fleet   *fleet // nil with Options.NoFleet
+	// base is the config as the file gave it, before the fleet's overrides.
+	base     *config.Config
+	logLevel *slog.LevelVar
+	// reload asks Run to stop and return ErrReload (config command).
+	reload chan struct{}
 }
 
 // New builds the agent from a validated config. It fails only for configuration errors (a
@@ -86,17 +99,31 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	base := cfg
+	cfg, ovErr := applyOverrides(cfg, log)
+	if opt.LogLevel != nil {
+		var lvl slog.Level
+		if lvl.UnmarshalText([]byte(cfg.Log.Level)) == nil {
+			opt.LogLevel.Set(lvl)
+		}
+	}
 	a := &Agent{
-		cfg:    cfg,
-		log:    log,
-		health: health.New(nil),
-		hw:     accel.Detect(cfg.HostRoot),
-		board:  board.Read(cfg.HostRoot),
-		models: map[string]infer.Model{},
-		every:  opt.HealthEvery,
+		cfg:      cfg,
+		base:     base,
+		logLevel: opt.LogLevel,
+		reload:   make(chan struct{}, 1),
+		log:      log,
+		health:   health.New(nil),
+		hw:       accel.Detect(cfg.HostRoot),
+		board:    board.Read(cfg.HostRoot),
+		models:   map[string]infer.Model{},
+		every:    opt.HealthEvery,
 	}
 	if a.every <= 0 {
 		a.every = 2 * time.Second
+	}
+	if ovErr != nil {
+		a.health.Set(health.Condition{Code: "config-overrides", Severity: health.Warning, Component: "config", Message: ovErr.Error()})
 	}
 	eng, err := infer.Engines.New(cfg.Engine)
 	if err != nil {
@@ -341,6 +368,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("edge-agent starting", "version", Version, "device", a.cfg.Device, "board", a.board.Model,
 		"hardware", a.hw.Summary(), "engine", engine, "models", len(a.cfg.Models), "sources", len(a.cfg.Sources))
 
+	outer := ctx
+	ctx, stopRun := context.WithCancel(ctx) // a reload stops everything as a signal would
+	defer stopRun()
 	srcCtx, stopSources := context.WithCancel(ctx)
 	defer stopSources()
 	// The fleet (outbox writer side, link) outlives the pipeline's drain: results drained on
@@ -381,7 +411,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 
-	<-ctx.Done()
+	reloading := false
+	select {
+	case <-ctx.Done():
+	case <-a.reload:
+		reloading = true
+		a.log.Info("reloading: settings changed by the fleet apply at start", "in", reloadDelay)
+		select { // let the link send the config command's reply first
+		case <-time.After(reloadDelay):
+		case <-ctx.Done():
+		}
+		stopRun()
+	}
 	stopSources()
 	wg.Wait()
 	err := <-pipeDone
@@ -398,6 +439,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("edge-agent stopped")
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("pipeline: %w", err)
+	}
+	if reloading && outer.Err() == nil {
+		return ErrReload
 	}
 	return nil
 }

@@ -33,6 +33,14 @@ import (
 const (
 	streamResults = "results"
 	streamEvents  = "events"
+	streamSamples = "samples" // inputs and outputs captured for retraining (capture command)
+)
+
+// Caps of the samples stream: captures are rare and large, so a count and a byte cap keep
+// them from crowding the disk; the oldest go first.
+const (
+	maxSamples      = 1000
+	maxSamplesBytes = 64 << 20
 )
 
 // eventQueue bounds events waiting to be stored; a burst beyond it is dropped and counted
@@ -46,6 +54,7 @@ type fleet struct {
 	ob      *outbox.Outbox
 	results *outbox.Stream
 	events  *outbox.Stream
+	samples *outbox.Stream
 	link    *link.Link
 	state   *state.Store    // command ids against replays (nil with no router)
 	router  *command.Router // fleet commands (set by Agent.startCommands before run)
@@ -66,6 +75,7 @@ func openFleet(cfg *config.Config, log *slog.Logger, h *health.Tracker) (*fleet,
 		Streams: map[string]outbox.Caps{
 			streamResults: {MaxCount: o.MaxResults, MaxBytes: int64(o.MaxBytes), MaxAge: o.MaxAge, Policy: outbox.Policy(o.Policy)},
 			streamEvents:  {MaxCount: o.MaxEvents, MaxBytes: int64(o.MaxEvents) * 4096, MaxAge: o.MaxAge, Policy: outbox.DropOldest},
+			streamSamples: {MaxCount: maxSamples, MaxBytes: maxSamplesBytes, MaxAge: o.MaxAge, Policy: outbox.DropOldest},
 		},
 		MaxWait: o.CommitWait,
 		Logger:  log.With("part", "outbox"),
@@ -97,6 +107,7 @@ func openFleet(cfg *config.Config, log *slog.Logger, h *health.Tracker) (*fleet,
 		cfg: cfg, log: log, health: h, ob: ob,
 		results:  ob.Stream(streamResults),
 		events:   ob.Stream(streamEvents),
+		samples:  ob.Stream(streamSamples),
 		started:  time.Now(),
 		dropBase: rs.Dropped,
 		evq:      make(chan result.Event, eventQueue),
@@ -112,6 +123,7 @@ func openFleet(cfg *config.Config, log *slog.Logger, h *health.Tracker) (*fleet,
 			Streams: []link.Stream{
 				{Name: streamResults, Schema: "edge-agent/results/v1", Queue: f.results},
 				{Name: streamEvents, Schema: "edge-agent/events/v1", Queue: f.events},
+				{Name: streamSamples, Schema: "edge-agent/samples/v1", Queue: f.samples},
 			},
 			Status: f.statusJSON,
 			Commands: func(_ string, payload []byte) {

@@ -91,6 +91,7 @@ type modelEntry struct {
 	states  sync.Pool // *workerState for Process callers, so their input buffers are reused
 	serving atomic.Pointer[Serving]
 	exp     atomic.Pointer[experiment] // an A/B or shadow experiment, or nil
+	tap     atomic.Pointer[tap]        // a capture for retraining (capture command), or nil
 	queue   *sensor.Queue
 	stats   modelStats
 }
@@ -195,7 +196,7 @@ func (p *Pipeline) process(ctx context.Context, e *modelEntry, f sensor.Frame, w
 	if x != nil {
 		s, variant, arm = x.route(e.cfg.Name, f, s)
 	}
-	res, po, err := p.run(ctx, e, s, f, w)
+	res, po, err := p.run(ctx, e, s, variant, f, w)
 	if arm != nil {
 		if err != nil {
 			arm.errors.Add(1)
@@ -207,7 +208,6 @@ func (p *Pipeline) process(ctx context.Context, e *modelEntry, f sensor.Frame, w
 	if err != nil {
 		return nil, err
 	}
-	res.Variant = variant
 	if x != nil && x.Shadow {
 		x.shadow(ctx, f, po, w, p.now)
 	}
@@ -215,7 +215,7 @@ func (p *Pipeline) process(ctx context.Context, e *modelEntry, f sensor.Frame, w
 }
 
 // run is one frame through one version.
-func (p *Pipeline) run(ctx context.Context, e *modelEntry, s *Serving, f sensor.Frame, w *workerState) (*result.Result, postprocess.Output, error) {
+func (p *Pipeline) run(ctx context.Context, e *modelEntry, s *Serving, variant string, f sensor.Frame, w *workerState) (*result.Result, postprocess.Output, error) {
 	start := p.now()
 	in, err := s.Pre.Apply(f, w.in)
 	if err != nil {
@@ -238,11 +238,12 @@ func (p *Pipeline) run(ctx context.Context, e *modelEntry, s *Serving, f sensor.
 	}
 	lat := p.now().Sub(start)
 	e.stats.observe(lat)
-	return &result.Result{
+	r := &result.Result{
 		Schema:     result.Schema,
 		Device:     p.opt.Device,
 		Model:      e.cfg.Name,
 		Version:    s.Version,
+		Variant:    variant,
 		TS:         start.UTC(),
 		LatencyUS:  lat.Microseconds(),
 		Source:     f.Source,
@@ -252,7 +253,9 @@ func (p *Pipeline) run(ctx context.Context, e *modelEntry, s *Serving, f sensor.
 		Detections: po.Detections,
 		Values:     po.Values,
 		InputRef:   f.Ref,
-	}, po, nil
+	}
+	e.offer(f, in, out, r)
+	return r, po, nil
 }
 
 // Run moves frames until ctx is cancelled. Then, with the sources stopping, it keeps taking

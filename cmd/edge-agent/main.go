@@ -96,15 +96,6 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return usageError{fmt.Errorf("unexpected arguments %v", fs.Args())}
 	}
-	cfg, err := config.Load(*path)
-	if err != nil {
-		return err
-	}
-	log := newLogger(stderr, cfg.Log)
-	a, err := agent.New(cfg, agent.Options{Logger: log, Stdout: stdout})
-	if err != nil {
-		return fmt.Errorf("config %s: %w", *path, err)
-	}
 	// SIGINT/SIGTERM cancel the context; a second signal kills at once.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -112,13 +103,31 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		<-ctx.Done()
 		stop() // restore default handling so a second signal terminates
 	}()
-	return a.Run(ctx)
+	// A fleet config command that changes settings read at start makes Run return
+	// ErrReload: read the file again and start over in this process (the fleet's settings
+	// are applied on top of the file by agent.New).
+	for {
+		cfg, err := config.Load(*path)
+		if err != nil {
+			return err
+		}
+		level := new(slog.LevelVar)
+		log := newLogger(stderr, cfg.Log, level)
+		a, err := agent.New(cfg, agent.Options{Logger: log, Stdout: stdout, LogLevel: level})
+		if err != nil {
+			return fmt.Errorf("config %s: %w", *path, err)
+		}
+		if err := a.Run(ctx); !errors.Is(err, agent.ErrReload) {
+			return err
+		}
+	}
 }
 
-func newLogger(w io.Writer, c config.Log) *slog.Logger {
+func newLogger(w io.Writer, c config.Log, level *slog.LevelVar) *slog.Logger {
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(c.Level))
-	opts := &slog.HandlerOptions{Level: lvl}
+	level.Set(lvl)
+	opts := &slog.HandlerOptions{Level: level}
 	if c.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}

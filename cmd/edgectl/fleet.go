@@ -203,6 +203,7 @@ type sendOpts struct {
 	json    bool
 	signKey string // minisign secret key: send the command as a signed envelope
 	signPw  string // file holding that key's password
+	id      string // command id (default: a new random one)
 }
 
 func addSendFlags(fs *flag.FlagSet) *sendOpts {
@@ -271,7 +272,11 @@ func (o *sendOpts) send(typ string, args json.RawMessage, bars bool, stdout, std
 	defer cl.Close()
 
 	now := time.Now().UTC()
-	c := command.Command{ID: newID(), Type: typ, Args: args, IssuedAt: now, Expires: now.Add(o.ttl)}
+	id := o.id
+	if id == "" {
+		id = newID()
+	}
+	c := command.Command{ID: id, Type: typ, Args: args, IssuedAt: now, Expires: now.Add(o.ttl)}
 	body, err := json.Marshal(c)
 	if err != nil {
 		return fmt.Errorf("encode command: %w", err)
@@ -751,12 +756,16 @@ func decodeBatch(stream string, p []byte) ([]json.RawMessage, string, error) {
 		Device  string            `json:"device"`
 		Results []json.RawMessage `json:"results"`
 		Events  []json.RawMessage `json:"events"`
+		Samples []json.RawMessage `json:"samples"`
 	}
 	if err := json.Unmarshal(p, &env); err != nil {
 		return nil, "", fmt.Errorf("not a %s batch: %w", stream, err)
 	}
-	if stream == "events" {
+	switch stream {
+	case "events":
 		return env.Events, env.Device, nil
+	case "samples":
+		return env.Samples, env.Device, nil
 	}
 	return env.Results, env.Device, nil
 }

@@ -78,6 +78,7 @@ func (k *Consumer) handle(_ mqtt.Client, m mqtt.Message) {
 		Count   int               `json:"count"`
 		Results []json.RawMessage `json:"results"`
 		Events  []json.RawMessage `json:"events"`
+		Samples []json.RawMessage `json:"samples"`
 	}
 	if err := json.Unmarshal(payload, &env); err != nil {
 		k.t.Errorf("message on %s is not JSON (%v): %.200s", m.Topic(), err, payload)
@@ -95,6 +96,8 @@ func (k *Consumer) handle(_ mqtt.Client, m mqtt.Message) {
 		stream, recs = "results", env.Results
 	case "edge-agent/events/v1":
 		stream, recs = "events", env.Events
+	case "edge-agent/samples/v1":
+		stream, recs = "samples", env.Samples
 	default:
 		return // metrics and anything else are not collected
 	}
@@ -126,7 +129,7 @@ func (k *Consumer) handle(_ mqtt.Client, m mqtt.Message) {
 	}
 }
 
-// Record returns the record with seq from a device's stream ("results" or "events").
+// Record returns the record with seq from a device's stream ("results", "events" or "samples").
 func (k *Consumer) Record(stream, device string, seq uint64) (json.RawMessage, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
