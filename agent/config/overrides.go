@@ -28,18 +28,23 @@ type Setting struct {
 	// Live settings take effect at once; the others when the agent reloads, which the
 	// config command triggers (a clean stop and start within the same process).
 	Live bool
+	// ZeroIsDefault: 0 in the file means the built-in default, so the fleet may not set 0
+	// (unset goes back to the file) and Get shows "default".
+	ZeroIsDefault bool
 }
 
 // Settable lists the settings the fleet may change, in documentation order.
 func Settable() []Setting {
 	s := []Setting{{Key: "log.level", Live: true}}
-	for _, k := range []string{
-		"mqtt.metrics_every", "mqtt.status_every", "mqtt.batch_max", "mqtt.batch_bytes", "mqtt.batch_wait", "mqtt.gzip", "mqtt.in_flight",
-		"outbox.max_results", "outbox.max_bytes", "outbox.max_age", "outbox.policy", "outbox.max_events",
-		"probation.inferences", "probation.duration", "probation.min_samples", "probation.max_error_rate", "probation.max_nonfinite_rate",
-		"shutdown_timeout",
-	} {
+	for _, k := range []string{"mqtt.metrics_every", "mqtt.gzip", "outbox.max_results", "outbox.max_bytes", "outbox.max_age", "outbox.policy", "outbox.max_events", "shutdown_timeout"} {
 		s = append(s, Setting{Key: k})
+	}
+	// Defaults of these are applied by the part that reads them (agent/link, agent/deploy).
+	for _, k := range []string{
+		"mqtt.status_every", "mqtt.batch_max", "mqtt.batch_bytes", "mqtt.batch_wait", "mqtt.in_flight",
+		"probation.inferences", "probation.duration", "probation.min_samples", "probation.max_error_rate", "probation.max_nonfinite_rate",
+	} {
+		s = append(s, Setting{Key: k, ZeroIsDefault: true})
 	}
 	return s
 }
@@ -73,11 +78,15 @@ func (c *Config) WithOverrides(set map[string]string) (*Config, error) {
 	}
 	slices.Sort(keys)
 	for _, k := range keys {
-		if _, ok := SettingNamed(k); !ok {
+		st, ok := SettingNamed(k)
+		if !ok {
 			return nil, fmt.Errorf("%s cannot be set by the fleet: settable are %s", k, strings.Join(SettableKeys(), ", "))
 		}
 		if err := overrideNode(k, set[k]).Decode(&cp); err != nil {
 			return nil, fmt.Errorf("%s: %q: %v", k, set[k], yamlReason(err))
+		}
+		if v, _ := cp.raw(k); st.ZeroIsDefault && isZero(v) {
+			return nil, fmt.Errorf("%s: %q: 0 means the built-in default here; unset %s to go back to the file's value", k, set[k], k)
 		}
 	}
 	if err := cp.Validate(); err != nil {
@@ -104,8 +113,20 @@ func yamlReason(err error) string {
 	return strings.TrimSpace(s)
 }
 
-// Get returns the effective value of a settable key as YAML text ("30s", "true").
+// Get returns the value of a settable key as YAML text ("30s", "true"), or "default" when it
+// is 0 and 0 means the built-in default.
 func (c *Config) Get(key string) (string, error) {
+	v, err := c.raw(key)
+	if st, _ := SettingNamed(key); err == nil && st.ZeroIsDefault && isZero(v) {
+		return "default", nil
+	}
+	return v, err
+}
+
+func isZero(v string) bool { return v == "0" || v == "0s" }
+
+// raw is the value of a key as YAML text.
+func (c *Config) raw(key string) (string, error) {
 	var doc yaml.Node
 	if err := doc.Encode(c); err != nil {
 		return "", err
