@@ -90,6 +90,8 @@ type Agent struct {
 	logLevel *slog.LevelVar
 	// reload asks Run to stop and return ErrReload (config command).
 	reload chan struct{}
+	// downloading holds a token while a deploy command downloads a bundle.
+	downloading chan struct{}
 }
 
 // New builds the agent from a validated config. It fails only for configuration errors (a
@@ -108,16 +110,17 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 		}
 	}
 	a := &Agent{
-		cfg:      cfg,
-		base:     base,
-		logLevel: opt.LogLevel,
-		reload:   make(chan struct{}, 1),
-		log:      log,
-		health:   health.New(nil),
-		hw:       accel.Detect(cfg.HostRoot),
-		board:    board.Read(cfg.HostRoot),
-		models:   map[string]infer.Model{},
-		every:    opt.HealthEvery,
+		cfg:         cfg,
+		base:        base,
+		logLevel:    opt.LogLevel,
+		reload:      make(chan struct{}, 1),
+		downloading: make(chan struct{}, 1),
+		log:         log,
+		health:      health.New(nil),
+		hw:          accel.Detect(cfg.HostRoot),
+		board:       board.Read(cfg.HostRoot),
+		models:      map[string]infer.Model{},
+		every:       opt.HealthEvery,
 	}
 	if a.every <= 0 {
 		a.every = 2 * time.Second

@@ -57,6 +57,9 @@ func (a *Agent) startCommands() error {
 			if b, err := json.Marshal(rep); err == nil {
 				f.link.Reply(b)
 			}
+			if rep.Status == command.StatusAccepted {
+				a.log.Debug("command accepted", "id", rep.ID, "type", rep.Type)
+			}
 			if rep.Status == command.StatusDone || rep.Status == command.StatusFailed {
 				sev := "info"
 				if rep.Status == command.StatusFailed {
@@ -152,16 +155,27 @@ func (a *Agent) commandHandlers() map[string]command.Handler {
 	}
 	h["deploy"] = func(ctx context.Context, c command.Command, progress command.Progress) (any, error) {
 		var args struct {
-			URL    string `json:"url"`
-			SHA256 string `json:"sha256"`
+			URL    string           `json:"url"`
+			SHA256 string           `json:"sha256"`
+			Push   *deploy.PushSpec `json:"push"` // a bundle pushed over MQTT in chunks (push.go)
 		}
-		if err := json.Unmarshal(c.Args, &args); err != nil || args.URL == "" || args.SHA256 == "" {
-			return nil, errors.New(`deploy needs args {"url": BUNDLE_URL, "sha256": HEX}`)
+		err := json.Unmarshal(c.Args, &args)
+		byURL, pushed := args.Push == nil && args.URL != "" && args.SHA256 != "", args.Push != nil && args.URL == ""
+		if err != nil || !byURL && !pushed {
+			return nil, errors.New(`deploy needs args {"url": BUNDLE_URL, "sha256": HEX}, or {"push": {"sha256", "size", "chunk_size", "chunks"}} as edgectl deploy sends them`)
 		}
 		if a.deploy == nil {
 			return nil, errors.New("no model on this device is served from bundles (a model without path in the config)")
 		}
-		path, err := a.downloadBundle(ctx, args.URL, args.SHA256, progress)
+		var path string
+		if pushed {
+			var release func()
+			if path, release, err = a.receivePush(ctx, c.ID, *args.Push, progress); err == nil {
+				defer release() // after the install: the files go, whatever its outcome
+			}
+		} else {
+			path, err = a.downloadBundle(ctx, args.URL, args.SHA256, progress)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -177,7 +191,21 @@ func (a *Agent) commandHandlers() map[string]command.Handler {
 	return h
 }
 
+// downloadBundle fetches a bundle for a deploy command. Downloads run one at a time: two
+// deploys of the same bundle (a fleet server that resent one) would otherwise write the same
+// partial file at once.
 func (a *Agent) downloadBundle(ctx context.Context, url, sum string, progress command.Progress) (string, error) {
+	select {
+	case a.downloading <- struct{}{}:
+	default:
+		progress(0, "waiting for another download to finish")
+		select {
+		case a.downloading <- struct{}{}:
+		case <-ctx.Done():
+			return "", fmt.Errorf("waiting for another download: %w", context.Cause(ctx))
+		}
+	}
+	defer func() { <-a.downloading }()
 	client := &http.Client{Timeout: 30 * time.Minute}
 	return deploy.Download(ctx, client, url, sum, filepath.Join(a.cfg.StateDir, "downloads"), maxBundleBytes, func(done, total int64) {
 		if total > 0 {

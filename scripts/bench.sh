@@ -13,6 +13,9 @@
 #     interleaved in the same run.
 #  5. A backlog of BACKLOG (1,000,000) results: RSS of the agent holding it offline, then the
 #     drain to a local Mosquitto at QoS 1 vs a raw paho publish loop of the same envelopes.
+#  6. Fleet simulation: `edgectl simulate --devices SIM_DEVICES (1,000) --deploy --duration 20s`
+#     against a dedicated Mosquitto: time to connect all, deploy accepted/done by all, results
+#     rate held, peak RSS of edgectl and Mosquitto, vs as many raw paho clients answering once.
 # Results go to stdout and .bench/; record them in docs/benchmarks.md with machine and date.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -86,3 +89,17 @@ echo "== 5. backlog of ${BACKLOG:-1000000} results: RSS while buffered, drain to
 BACKLOG=${BACKLOG:-1000000} go test -run '^$' -bench BacklogDrain -benchtime 1x -timeout 30m ./cmd/edge-agent 2>/dev/null | grep -E '^Benchmark' | tee "$out/backlog.txt" \
   | awk '{ for (i=3;i<=NF;i+=2) v[$(i+1)]=$i;
            printf "fill %8.0f/s  drain: agent %8.0f/s  raw paho %8.0f/s  ratio %.3f (goal >= 100000/s)\nRSS with the backlog buffered %.1f MB (goal <= 60 MB), peak during the drain %.1f MB, file %.0f MB\n", v["fill/s"], v["agent/s"], v["raw-paho/s"], v["ratio"], v["rss-buffered-MB"], v["peak-rss-MB"], v["file-MB"] }'
+
+echo "== 6. fleet simulation: ${SIM_DEVICES:-1000} simulated devices (real link + command router) vs raw paho clients =="
+sim_devices=${SIM_DEVICES:-1000}
+# One socket per device in edgectl and in Mosquitto (which inherits this shell's limit).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((sim_devices + 100)) ]; then
+  echo "bench: ulimit -n is $(ulimit -n); $sim_devices devices need at least $((sim_devices + 100)): raise it" >&2; exit 1
+fi
+SIM_DEVICES=$sim_devices go test -run '^$' -bench 'Simulate$' -benchtime 1x -count 1 -timeout 15m ./cmd/edgectl 2>/dev/null | grep -E '^Benchmark' | tee "$out/simulate.txt" \
+  | awk '{ for (i=3;i<=NF;i+=2) v[$(i+1)]=$i;
+           printf "%d devices online after %.2f s   raw paho connect+subscribe %.2f s   ratio %.1f\n", v["devices"], v["connect-s"], v["raw-connect-s"], v["connect-ratio"]
+           printf "group deploy accepted by all after %.2f s (goal <= 10 s)   raw paho answer %.2f s   ratio %.1f   done by all after %.2f s\n", v["ack-s"], v["raw-answer-s"], v["ack-ratio"], v["done-s"]
+           printf "telemetry received %.0f results/s of %.0f offered (held %.3f)\n", v["received/s"], v["offered/s"], v["held"]
+           printf "peak RSS: edgectl simulate %.1f MB, Mosquitto %.1f MB (raw clients process %.1f MB)\n", v["sim-rss-MB"], v["mosquitto-rss-MB"], v["raw-rss-MB"] }'

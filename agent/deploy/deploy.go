@@ -159,7 +159,8 @@ func (m *Manager) event(e Event) {
 }
 
 // InstallFile verifies a bundle file, installs it and activates it. The serving version is
-// untouched unless every check passes.
+// untouched unless every check passes. A verified bundle of the active version (same name,
+// version and sequence) succeeds without doing anything, so a deploy sent twice is harmless.
 func (m *Manager) InstallFile(ctx context.Context, path string) (bundle.Manifest, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -187,6 +188,13 @@ func (m *Manager) install(ctx context.Context, path string) (bundle.Manifest, er
 		return bundle.Manifest{}, fmt.Errorf("bundle %s: %w", filepath.Base(path), err)
 	}
 	man := b.Manifest
+	if m.alreadyActive(man) {
+		// A deploy sent again (a rollout resumed after a restart, a retried command) finds
+		// its version serving: nothing to do, and it is not a downgrade.
+		m.opt.Store.Discard(dir)
+		m.log.Info("bundle is the active version already; nothing to do", "model", man.Name, "version", man.Version, "sequence", man.Sequence)
+		return man, nil
+	}
 	if err := m.admit(man); err != nil {
 		m.opt.Store.Discard(dir)
 		return man, err
@@ -228,6 +236,16 @@ func (m *Manager) admit(man bundle.Manifest) error {
 		return fmt.Errorf("%w: sequence %d (version %s) is not above the active %d (version %s); sign a release with allow_downgrade to roll back", ErrDowngrade, man.Sequence, man.Version, p.Sequence, p.Version)
 	}
 	return nil
+}
+
+// alreadyActive tells whether a verified manifest names the active version exactly: same
+// model, version and sequence.
+func (m *Manager) alreadyActive(man bundle.Manifest) bool {
+	if !m.served(man.Name) {
+		return false
+	}
+	p, ok, err := m.opt.Store.Active(man.Name)
+	return err == nil && ok && p.Version == man.Version && p.Sequence == man.Sequence
 }
 
 func (m *Manager) served(name string) bool {

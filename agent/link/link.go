@@ -6,6 +6,8 @@
 //     acknowledges records in the queue only after the broker acknowledged the message
 //     holding them, keeps the retained status <prefix>/<device>/status (with a last will),
 //     and publishes metrics with QoS 0;
+//   - pushed bundles: chunks arriving on <prefix>/<device>/bundle/chunk go to whoever
+//     claimed that bundle (ReceiveChunks), and need requests go out (Need); see chunks.go;
 //   - the client the mqtt sensor kind reads an existing sensor bus with (DialSubscriber).
 //
 // It imports the standard library, paho and hal/sensor only; never another agent stage
@@ -59,7 +61,8 @@ type Options struct {
 	Status func() json.RawMessage
 	// Commands receives every message on the command topics (the device's, its groups',
 	// the broadcast one), including those the broker kept for the persistent session while
-	// the device was offline. It runs on paho's goroutine and must not block.
+	// the device was offline. It runs on paho's goroutine and must not block. A link with
+	// Commands also subscribes to the chunks of pushed bundles (ReceiveChunks).
 	Commands func(topic string, payload []byte)
 	Now      func() time.Time // default time.Now
 }
@@ -88,6 +91,7 @@ type Stats struct {
 	Commands        uint64                 `json:"commands"`        // messages received on the command topics
 	RepliesSent     uint64                 `json:"replies_sent"`
 	RepliesDropped  uint64                 `json:"replies_dropped"` // the reply queue was full
+	Push            PushStats              `json:"push"`            // chunks of pushed bundles and need requests
 	Streams         map[string]StreamStats `json:"streams"`
 }
 
@@ -108,7 +112,7 @@ type Link struct {
 	log     *slog.Logger
 	now     func() time.Time
 	streams []*stream
-	topics  struct{ status, metrics, reply string }
+	topics  struct{ status, metrics, reply, chunk, need string }
 	running atomic.Bool
 	// bg holds paho calls that can block (see call) and connection writers (see
 	// queuedConn); Run waits for them before returning.
@@ -119,6 +123,8 @@ type Link struct {
 	// replies holds command replies for the connection to send (QoS 1); Reply drops and
 	// counts when it is full.
 	replies chan []byte
+	// needs holds need requests of pushed bundles (QoS 1); Need drops and counts when full.
+	needs chan []byte
 	// statusNow asks the connection to publish the retained status now (RefreshStatus).
 	statusNow chan struct{}
 	cmdTopics []string
@@ -136,6 +142,8 @@ type Link struct {
 	repliesSent     uint64
 	repliesDropped  uint64
 	commands        uint64
+	push            PushStats
+	inboxes         map[string]*ChunkInbox // bundle sha256 → its receiver
 	subackWarned    bool
 	failStreak      int      // attempts that failed since the link was last online
 	connectLog      throttle // connect failures
@@ -180,7 +188,8 @@ func New(cfg Config, opt Options) (*Link, error) {
 		return nil, fmt.Errorf("mqtt config: %w", err)
 	}
 	l := &Link{cfg: r, opt: opt, log: opt.Logger, now: opt.Now, metrics: make(chan []byte, metricsQueue),
-		replies: make(chan []byte, replyQueue), statusNow: make(chan struct{}, 1)}
+		replies: make(chan []byte, replyQueue), needs: make(chan []byte, needQueue), statusNow: make(chan struct{}, 1),
+		inboxes: map[string]*ChunkInbox{}}
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
@@ -190,6 +199,8 @@ func New(cfg Config, opt Options) (*Link, error) {
 	l.topics.status = l.Topic("status")
 	l.topics.metrics = l.Topic("metrics")
 	l.topics.reply = l.Topic("cmd/reply")
+	l.topics.chunk = l.Topic(ChunkTopic)
+	l.topics.need = l.Topic(NeedTopic)
 	if opt.Commands != nil {
 		l.cmdTopics = append(l.cmdTopics, l.Topic("cmd"), r.Prefix+"/all/cmd")
 		for _, g := range r.Groups {
@@ -201,7 +212,7 @@ func New(cfg Config, opt Options) (*Link, error) {
 		switch {
 		case !validStreamName(s.Name):
 			return nil, fmt.Errorf("link stream %q: the name must be 1-64 of a-z, 0-9, '_', '-' (it is a topic level and a JSON key)", s.Name)
-		case s.Name == "status" || s.Name == "metrics" || s.Name == "cmd":
+		case s.Name == "status" || s.Name == "metrics" || s.Name == "cmd" || s.Name == "bundle":
 			return nil, fmt.Errorf("link stream %q: the name is a topic the link uses itself", s.Name)
 		case seen[s.Name]:
 			return nil, fmt.Errorf("link stream %q is declared twice", s.Name)
@@ -396,7 +407,7 @@ func (l *Link) Stats() Stats {
 		LastError: l.lastErr, LastErrorAt: l.lastErrAt,
 		Connects: l.connects, ConnectFailures: l.connectFailures,
 		MetricsSent: l.metricsSent, MetricsDropped: l.metricsDropped,
-		Commands: l.commands, RepliesSent: l.repliesSent, RepliesDropped: l.repliesDropped,
+		Commands: l.commands, RepliesSent: l.repliesSent, RepliesDropped: l.repliesDropped, Push: l.push,
 		Streams: make(map[string]StreamStats, len(l.streams)),
 	}
 	if l.cfg.url != nil {

@@ -215,6 +215,10 @@ func (s *session) onMessage(_ mqtt.Client, m mqtt.Message) {
 	if m.Topic() != s.l.topics.status {
 		// Every subscription is made without a callback, so messages the broker kept for
 		// the persistent session, which arrive before we subscribe again, land here too.
+		if s.l.opt.Commands != nil && m.Topic() == s.l.topics.chunk {
+			s.l.onChunk(m.Payload())
+			return
+		}
 		if s.l.opt.Commands != nil && slices.Contains(s.l.cmdTopics, m.Topic()) {
 			s.l.mu.Lock()
 			s.l.commands++
@@ -309,13 +313,17 @@ func (s *session) check(ctx context.Context) error {
 			return err
 		}
 	}
-	for _, ct := range l.cmdTopics {
+	topics := l.cmdTopics
+	if l.opt.Commands != nil {
+		topics = append(slices.Clip(topics), l.topics.chunk)
+	}
+	for _, ct := range topics {
 		tok, err := request("SUBACK for "+ct, func() mqtt.Token { return s.client.Subscribe(ct, 1, nil) })
 		if err != nil {
 			return err
 		}
 		if code, ok := tok.(*mqtt.SubscribeToken).Result()[ct]; !ok || code > 2 {
-			l.log.Warn("mqtt broker refused our subscription to a command topic: commands sent there will not arrive; check the broker's acl_file", "topic", ct)
+			l.log.Warn("mqtt broker refused our subscription to a command topic: commands (or pushed bundle chunks) sent there will not arrive; check the broker's acl_file", "topic", ct)
 		}
 	}
 	return nil
@@ -435,6 +443,14 @@ func (s *session) refresh(ctx context.Context) {
 			}
 			l.mu.Lock()
 			l.repliesSent++
+			l.mu.Unlock()
+		case p := <-l.needs:
+			select {
+			case <-l.call(func() mqtt.Token { return s.client.Publish(l.topics.need, 1, false, p) }):
+			case <-ctx.Done():
+			}
+			l.mu.Lock()
+			l.push.NeedsSent++
 			l.mu.Unlock()
 		}
 	}

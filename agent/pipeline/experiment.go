@@ -214,8 +214,8 @@ func (x *experiment) stats() *ExperimentStats {
 		arm *arm
 		out *Arm
 	}{{&x.a, &st.A}, {&x.b, &st.B}} {
-		p50, p99, _ := p.arm.stats.percentiles()
-		*p.out = Arm{Results: p.arm.stats.results.Load(), Errors: p.arm.errors.Load(), LatencyP50: p50, LatencyP99: p99}
+		lat, _ := p.arm.stats.percentiles()
+		*p.out = Arm{Results: p.arm.stats.results.Load(), Errors: p.arm.errors.Load(), LatencyP50: lat.p50, LatencyP99: lat.p99}
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()

@@ -372,6 +372,7 @@ type ModelStats struct {
 	Dropped     uint64  `json:"dropped"`
 	QueueDepth  int     `json:"queue_depth"`
 	LatencyP50  float64 `json:"latency_p50_ms"`
+	LatencyP95  float64 `json:"latency_p95_ms"`
 	LatencyP99  float64 `json:"latency_p99_ms"`
 	LastError   string  `json:"last_error,omitempty"`
 	// Experiment is the running A/B or shadow experiment, if any.
@@ -400,18 +401,21 @@ func (s *modelStats) setLastError(err error, at time.Time) {
 	s.mu.Unlock()
 }
 
-func (s *modelStats) percentiles() (p50, p99 float64, lastErr string) {
+// latency is a model's (or an arm's) recent latency percentiles in ms.
+type latency struct{ p50, p95, p99 float64 }
+
+func (s *modelStats) percentiles() (l latency, lastErr string) {
 	s.mu.Lock()
 	n := min(s.latN, len(s.lat))
 	v := append([]float64(nil), s.lat[:n]...)
 	lastErr = s.lastErr
 	s.mu.Unlock()
 	if n == 0 {
-		return 0, 0, lastErr
+		return latency{}, lastErr
 	}
 	sort.Float64s(v)
 	at := func(q float64) float64 { return v[int(math.Ceil(q*float64(n)))-1] }
-	return at(0.5), at(0.99), lastErr
+	return latency{at(0.5), at(0.95), at(0.99)}, lastErr
 }
 
 // Stats reports every model's counters, in the order they were added.
@@ -420,13 +424,13 @@ func (p *Pipeline) Stats() []ModelStats {
 	for _, name := range p.order {
 		e := p.models[name]
 		qs := e.queue.Stats()
-		p50, p99, lastErr := e.stats.percentiles()
+		lat, lastErr := e.stats.percentiles()
 		st := ModelStats{
 			Name: name, Results: e.stats.results.Load(), PreErrors: e.stats.preErrors.Load(),
 			InferErrors: e.stats.inferErrors.Load(), PostErrors: e.stats.postErrors.Load(),
 			NonFinite: e.stats.nonFinite.Load(), SinkErrors: e.stats.sinkErrors.Load(),
 			NoVersion: e.stats.noVersion.Load(), Dropped: qs.Dropped, QueueDepth: qs.Depth,
-			LatencyP50: p50, LatencyP99: p99, LastError: lastErr,
+			LatencyP50: lat.p50, LatencyP95: lat.p95, LatencyP99: lat.p99, LastError: lastErr,
 		}
 		if x := e.exp.Load(); x != nil {
 			st.Experiment = x.stats()

@@ -462,19 +462,72 @@ func cmdPing(args []string, stdout, stderr io.Writer) error {
 	return o.send("ping", nil, false, stdout, stderr)
 }
 
-// cmdDeploy: edgectl deploy TARGET --url URL (--sha256 HEX | BUNDLE_FILE)
+// cmdDeploy: edgectl deploy TARGET BUNDLE_FILE (pushed over MQTT), or
+// edgectl deploy TARGET --url URL (--sha256 HEX | BUNDLE_FILE) (fetched by the devices).
 func cmdDeploy(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("deploy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	o := addSendFlags(fs)
-	url := fs.String("url", "", "where the devices download the bundle")
+	url := fs.String("url", "", "where the devices download the bundle (default: push BUNDLE_FILE over MQTT)")
 	sum := fs.String("sha256", "", "the bundle's sha256 (hex); computed from BUNDLE_FILE when given")
 	pos, err := parseMixed(fs, args)
 	if err != nil {
 		return err
 	}
 	if *url == "" {
-		return usageError{errors.New("deploy needs --url: the address the devices fetch the bundle from")}
+		// Pushed over MQTT in chunks (docs/mqtt.md): a pusher answers the devices' need
+		// requests from the file while send follows the replies; it stops when send returns.
+		if len(pos) != 1 {
+			return usageError{errors.New("deploy needs a BUNDLE_FILE to push over MQTT, or --url URL (with --sha256 HEX or the file) for the devices to fetch")}
+		}
+		f, err := os.Open(pos[0])
+		if err != nil {
+			return fmt.Errorf("read bundle: %w", err)
+		}
+		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			return fmt.Errorf("read bundle: %w", err)
+		}
+		maxChunks := fleetclient.MaxPushChunks
+		if o.signKey != "" {
+			maxChunks = fleetclient.MaxSignedPushChunks
+		}
+		plan, err := fleetclient.PlanPush(f, fi.Size(), maxChunks)
+		if err != nil {
+			return fmt.Errorf("bundle %s: %w", pos[0], err)
+		}
+		if *sum != "" && !strings.EqualFold(*sum, plan.SHA256) {
+			return fmt.Errorf("--sha256 %s does not match %s (sha256 %s): drop --sha256 or give the right file", *sum, pos[0], plan.SHA256)
+		}
+		s, err := o.conn.resolve(os.Getenv)
+		if err != nil {
+			return err
+		}
+		if _, err := o.target.topic(s.Prefix); err != nil {
+			return err
+		}
+		ctx, stop := interruptContext()
+		defer stop()
+		cl, err := connect(ctx, s)
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		if o.id == "" {
+			o.id = newID()
+		}
+		p, err := cl.Push(ctx, fleetclient.PushOptions{Prefix: s.Prefix, Device: o.target.device, ID: o.id, Bundle: f, Plan: plan})
+		if err != nil {
+			return err
+		}
+		a, _ := json.Marshal(map[string]any{"push": plan})
+		err = o.send("deploy", a, true, stdout, stderr)
+		p.Stop()
+		if st := p.Stats(); !o.json {
+			fmt.Fprintf(stderr, "pushed %d chunks (%d bytes) of %s to %d devices\n", st.Chunks, st.Bytes, pos[0], st.Devices)
+		}
+		return err
 	}
 	switch len(pos) {
 	case 0:

@@ -33,6 +33,8 @@ Usage:
 
 Fleet commands (MQTT; docs/mqtt.md):
   edgectl cmd TARGET TYPE [ARGS-JSON]          send a raw command, print replies until every device finished
+  edgectl deploy TARGET BUNDLE_FILE             push a bundle to the devices over MQTT in chunks, resumable
+                                               (progress per device; give a --timeout long enough for the transfer)
   edgectl deploy TARGET --url URL --sha256 HEX  deploy a bundle the devices fetch from URL (progress per device)
   edgectl deploy TARGET --url URL BUNDLE_FILE   the same, with the sha256 computed from the local file
   edgectl rollback TARGET MODEL [VERSION]       go back to the previous (or the given) version of MODEL
@@ -43,6 +45,18 @@ Fleet commands (MQTT; docs/mqtt.md):
   edgectl status [--watch] [--settle 1s] [--json]   fleet table from the retained status messages
   edgectl watch [--device ID] [--results] [--events] [--count N] [--timeout D] [--json]
                                                live results and events, one line per record, until Ctrl-C
+  edgectl serve --dir BUNDLES --state FILE [--listen 127.0.0.1:8070] [--public-url URL] [--tls-cert F --tls-key F]
+        [--token-file F] [--instance NAME] [--share GROUP] [--sign-key K]
+                                               fleet server: hosts BUNDLES/*.tar.gz (Range requests) and runs
+                                               staged, telemetry-gated rollouts of them (docs/fleet-server.md)
+  edgectl rollout start [--server URL] [--token-file F] TARGET [--stages 5,25,100] [--max-failures N]
+        [--max-error-rate R] [--max-p95-ms MS] [--soak D] [--stage-timeout D] BUNDLE_NAME
+  edgectl rollout status [--server URL] [ID] [--json] [--watch]   rollouts of a serve (exit 1 when a watched one halts)
+  edgectl rollout halt [--server URL] [--token-file F] [--reason TEXT] ID   stop it and roll its devices back
+  edgectl simulate --devices N [--group sim] [--results-per-sec 1] [--duration D] [--deploy [--all]] [--json]
+                                               N simulated devices in this process (the agent's real MQTT link and
+                                               command router; results from memory; a simulated deploy downloads and
+                                               installs nothing); prints devices online, results/s and deploy times
 
   TARGET is one of --device ID, --group G, --all.
   Command flags: --ttl 10m (expiry), --timeout 60s (wait for replies), --wait-for N (with --group/--all:

@@ -175,6 +175,8 @@ func TestLeafPackages(t *testing.T) {
 		"agent/outbox":          {"internal/durable"},
 		"agent/state":           {"internal/durable"},
 		"agent/command":         {},
+		"internal/rollout":      {"agent/command", "internal/durable"},
+		"internal/simfleet":     {"agent/link", "agent/command", "agent/result"},
 		"agent/link":            {"hal/sensor"},
 		"agent/result":          {},
 		"agent/infer":           {"internal/registry"},
