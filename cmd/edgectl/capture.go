@@ -51,24 +51,17 @@ func cmdCapture(args []string, stdout, stderr io.Writer) error {
 	if *count < 1 || *count > 1000 {
 		return usageError{fmt.Errorf("--count %d: ask for 1..1000 samples", *count)}
 	}
-	s, err := o.conn.resolve(os.Getenv)
-	if err != nil {
-		return err
-	}
-	if _, err := o.target.topic(s.Prefix); err != nil {
-		return err
-	}
-	dev := o.target.device
-	if dev == "" {
-		dev = "+"
-	}
 	ctx, stop := interruptContext()
 	defer stop()
-	cl, err := connect(ctx, s)
+	s, _, cl, err := o.dial(ctx)
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
+	dev := o.target.device
+	if dev == "" {
+		dev = "+"
+	}
 
 	o.id = newID()
 	var mu sync.Mutex

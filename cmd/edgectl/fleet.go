@@ -252,20 +252,27 @@ func progressBar(f float64) string {
 // errFailed makes exit status 1 after the output said why.
 var errFailed = errors.New("not every device finished the command")
 
-// send publishes a command and prints the replies until every expected device finished or
-// the timeout. bars draws text progress replies as bars.
-func (o *sendOpts) send(typ string, args json.RawMessage, bars bool, stdout, stderr io.Writer) error {
+// dial resolves the connection settings, checks the target and connects until ctx ends.
+// The caller closes the client.
+func (o *sendOpts) dial(ctx context.Context) (settings, string, *fleetclient.Client, error) {
 	s, err := o.conn.resolve(os.Getenv)
 	if err != nil {
-		return err
+		return s, "", nil, err
 	}
 	topic, err := o.target.topic(s.Prefix)
 	if err != nil {
-		return err
+		return s, "", nil, err
 	}
+	cl, err := connect(ctx, s)
+	return s, topic, cl, err
+}
+
+// send publishes a command and prints the replies until every expected device finished or
+// the timeout. bars draws text progress replies as bars.
+func (o *sendOpts) send(typ string, args json.RawMessage, bars bool, stdout, stderr io.Writer) error {
 	ctx, stop := interruptContext()
 	defer stop()
-	cl, err := connect(ctx, s)
+	s, topic, cl, err := o.dial(ctx)
 	if err != nil {
 		return err
 	}
@@ -500,16 +507,9 @@ func cmdDeploy(args []string, stdout, stderr io.Writer) error {
 		if *sum != "" && !strings.EqualFold(*sum, plan.SHA256) {
 			return fmt.Errorf("--sha256 %s does not match %s (sha256 %s): drop --sha256 or give the right file", *sum, pos[0], plan.SHA256)
 		}
-		s, err := o.conn.resolve(os.Getenv)
-		if err != nil {
-			return err
-		}
-		if _, err := o.target.topic(s.Prefix); err != nil {
-			return err
-		}
 		ctx, stop := interruptContext()
 		defer stop()
-		cl, err := connect(ctx, s)
+		s, _, cl, err := o.dial(ctx)
 		if err != nil {
 			return err
 		}
