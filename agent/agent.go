@@ -63,12 +63,20 @@ type Options struct {
 	// LogLevel, when set, is the level of Logger's handler; the config command changes it
 	// live (log.level).
 	LogLevel *slog.LevelVar
+	// Executable is the binary the selfupdate command replaces (cmd/edge-agent sets it);
+	// empty refuses the command.
+	Executable string
 }
 
 // ErrReload is Run's result when a config command changed settings that apply at start:
 // the agent stopped cleanly and the caller should build and run it again (cmd/edge-agent
 // does, in the same process).
 var ErrReload = errors.New("agent stopped to reload its settings")
+
+// ErrExec is Run's result after a selfupdate command installed a new binary: the agent
+// stopped cleanly and the caller should execute the binary again (cmd/edge-agent does, in
+// place, so the service keeps its process id).
+var ErrExec = errors.New("agent stopped to run its new binary")
 
 // Agent is a running edge-agent.
 type Agent struct {
@@ -88,8 +96,10 @@ type Agent struct {
 	// base is the config as the file gave it, before the fleet's overrides.
 	base     *config.Config
 	logLevel *slog.LevelVar
-	// reload asks Run to stop and return ErrReload (config command).
-	reload chan struct{}
+	// reload asks Run to stop and return the error it carries: ErrReload (config command)
+	// or ErrExec (selfupdate command).
+	reload chan error
+	exe    string // Options.Executable
 	// downloading holds a token while a deploy command downloads a bundle.
 	downloading chan struct{}
 }
@@ -113,7 +123,8 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 		cfg:         cfg,
 		base:        base,
 		logLevel:    opt.LogLevel,
-		reload:      make(chan struct{}, 1),
+		exe:         opt.Executable,
+		reload:      make(chan error, 1),
 		downloading: make(chan struct{}, 1),
 		log:         log,
 		health:      health.New(nil),
@@ -414,12 +425,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 
-	reloading := false
+	var restart error
 	select {
 	case <-ctx.Done():
-	case <-a.reload:
-		reloading = true
-		a.log.Info("reloading: settings changed by the fleet apply at start", "in", reloadDelay)
+	case restart = <-a.reload:
+		a.log.Info("stopping to start again", "why", restart, "in", reloadDelay)
 		select { // let the link send the config command's reply first
 		case <-time.After(reloadDelay):
 		case <-ctx.Done():
@@ -443,8 +453,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("pipeline: %w", err)
 	}
-	if reloading && outer.Err() == nil {
-		return ErrReload
+	if restart != nil && outer.Err() == nil {
+		return restart
 	}
 	return nil
 }
@@ -535,6 +545,24 @@ func (a *Agent) watchSources(ctx context.Context) {
 
 // Health is the agent's condition tracker (the status page reads it).
 func (a *Agent) Health() *health.Tracker { return a.health }
+
+// Ready reports whether the agent serves: a model has a loaded version and, with the fleet
+// parts, the outbox is open to store results.
+func (a *Agent) Ready() bool {
+	for _, st := range a.pipe.Stats() {
+		if st.Version != "" {
+			return a.fleet == nil || a.fleet.ob != nil
+		}
+	}
+	return false
+}
+
+// Event sends an event to the fleet (dropped without the fleet parts).
+func (a *Agent) Event(e result.Event) {
+	if a.fleet != nil {
+		a.fleet.emit(e)
+	}
+}
 
 // Pipeline is the agent's pipeline (predict API, stats).
 func (a *Agent) Pipeline() *pipeline.Pipeline { return a.pipe }

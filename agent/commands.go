@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"path/filepath"
 	"time"
 
@@ -188,32 +187,15 @@ func (a *Agent) commandHandlers() map[string]command.Handler {
 	}
 	a.configHandler(h)
 	a.captureHandler(h)
+	a.selfupdateHandler(h)
 	return h
 }
 
-// downloadBundle fetches a bundle for a deploy command. Downloads run one at a time: two
-// deploys of the same bundle (a fleet server that resent one) would otherwise write the same
-// partial file at once.
+// downloadBundle fetches a bundle for a deploy command (one download at a time: two deploys
+// of the same bundle, as a fleet server that resent one, would otherwise write the same
+// partial file at once).
 func (a *Agent) downloadBundle(ctx context.Context, url, sum string, progress command.Progress) (string, error) {
-	select {
-	case a.downloading <- struct{}{}:
-	default:
-		progress(0, "waiting for another download to finish")
-		select {
-		case a.downloading <- struct{}{}:
-		case <-ctx.Done():
-			return "", fmt.Errorf("waiting for another download: %w", context.Cause(ctx))
-		}
-	}
-	defer func() { <-a.downloading }()
-	client := &http.Client{Timeout: 30 * time.Minute}
-	return deploy.Download(ctx, client, url, sum, filepath.Join(a.cfg.StateDir, "downloads"), maxBundleBytes, func(done, total int64) {
-		if total > 0 {
-			progress(float64(done)/float64(total), fmt.Sprintf("downloaded %d of %d bytes", done, total))
-		} else {
-			progress(0, fmt.Sprintf("downloaded %d bytes", done))
-		}
-	})
+	return a.downloadFile(ctx, url, sum, maxBundleBytes, progress)
 }
 
 // experimentStats are a model's experiment figures (nil when none runs).

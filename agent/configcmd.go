@@ -131,7 +131,7 @@ func (a *Agent) configHandler(h map[string]command.Handler) {
 		}
 		if len(atReload) > 0 {
 			select { // Run waits reloadDelay, so the done reply goes out first
-			case a.reload <- struct{}{}:
+			case a.reload <- ErrReload:
 			default:
 			}
 		}

@@ -65,6 +65,8 @@ type Config struct {
 	MQTT MQTT `yaml:"mqtt"`
 	// Commands are the fleet commands taken from the MQTT command topics.
 	Commands Commands `yaml:"commands"`
+	// Update is the agent's self-update (edge-agent update, the selfupdate command).
+	Update Update `yaml:"update"`
 
 	Sources []sensor.Spec `yaml:"sources"`
 	Models  []Model       `yaml:"models"`
@@ -125,6 +127,13 @@ type MQTT struct {
 	AckTimeout   time.Duration `yaml:"ack_timeout"`   // default 30s
 	StatusEvery  time.Duration `yaml:"status_every"`  // default 60s
 	MetricsEvery time.Duration `yaml:"metrics_every"` // default 30s; 0 after defaults is impossible, negative disables
+}
+
+// Update settings (docs/operations.md#updating-the-agent).
+type Update struct {
+	// ConfirmWithin is how long a new binary has to reach ready before the previous one is
+	// restored (default 2m).
+	ConfirmWithin time.Duration `yaml:"confirm_within"`
 }
 
 // Commands settings (docs/mqtt.md#commands).
@@ -292,6 +301,9 @@ func (c *Config) applyDefaults() {
 	if q.MetricsEvery == 0 {
 		q.MetricsEvery = 30 * time.Second
 	}
+	if c.Update.ConfirmWithin == 0 {
+		c.Update.ConfirmWithin = 2 * time.Minute
+	}
 	for i, k := range c.TrustedKeys {
 		if strings.HasPrefix(k, "./") || strings.HasPrefix(k, "../") {
 			c.TrustedKeys[i] = c.Resolve(k)
@@ -343,6 +355,9 @@ func (c *Config) Validate() error {
 	}
 	if !slices.Contains([]string{"text", "json"}, c.Log.Format) {
 		bad("log.format", "%q is not one of text, json", c.Log.Format)
+	}
+	if c.Update.ConfirmWithin < 5*time.Second {
+		bad("update.confirm_within", "%v is too short for a new binary to load its models: give at least 5s", c.Update.ConfirmWithin)
 	}
 	if c.ShutdownTimeout < 0 {
 		bad("shutdown_timeout", "must not be negative")

@@ -4,6 +4,7 @@
 //	edge-agent predict --model FILE --input FILE [--spec FILE] [--delegate D] [--json]
 //	edge-agent inspect [--json] MODEL
 //	edge-agent models install BUNDLE | list | rollback NAME [VERSION]
+//	edge-agent update --from URL|FILE [--sig URL|FILE] [--sha256 HEX]
 //	edge-agent version
 //
 // It builds the agent from the config and leaves all wiring to package agent.
@@ -18,10 +19,14 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/edge-agent/edge-agent/agent"
 	"github.com/edge-agent/edge-agent/agent/config"
+	"github.com/edge-agent/edge-agent/agent/update"
 
 	_ "github.com/edge-agent/edge-agent/agent/infer/tflite" // the engine (cgo builds)
 	_ "github.com/edge-agent/edge-agent/hal/sensor/all"     // every source kind
@@ -36,6 +41,8 @@ Usage:
   edge-agent inspect [--json] MODEL     show a model's tensors, quantisation, ops and delegate
   edge-agent models install BUNDLE | list [NAME] | rollback NAME [VERSION]
                                         manage bundle-served model versions
+  edge-agent update --from URL|FILE [--sig URL|FILE] [--sha256 HEX] [--config FILE]
+                                        install a signed new agent binary (docs/operations.md)
   edge-agent version                    print version, runtime and hardware
 
 Run "edge-agent COMMAND -h" for a command's flags.
@@ -60,6 +67,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdInspect(args[1:], stdout, stderr)
 	case "models":
 		err = cmdModels(args[1:], stdout, stderr)
+	case "update":
+		err = cmdUpdate(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		err = cmdVersion(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
@@ -96,6 +105,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return usageError{fmt.Errorf("unexpected arguments %v", fs.Args())}
 	}
+	exe, exeErr := update.Executable()
+	trial, err := beginTrial(exe, exeErr, stderr)
+	if errors.Is(err, update.ErrReverted) {
+		return execSelf(exe)
+	}
 	// SIGINT/SIGTERM cancel the context; a second signal kills at once.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -105,22 +119,96 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	}()
 	// A fleet config command that changes settings read at start makes Run return
 	// ErrReload: read the file again and start over in this process (the fleet's settings
-	// are applied on top of the file by agent.New).
+	// are applied on top of the file by agent.New). A selfupdate command makes it return
+	// ErrExec: execute the new binary in place.
 	for {
-		cfg, err := config.Load(*path)
-		if err != nil {
-			return err
+		err := runOnce(ctx, *path, exe, trial, stdout, stderr)
+		trial = nil // confirmed, or reverted (and execSelf did not return)
+		switch {
+		case errors.Is(err, agent.ErrReload):
+			continue
+		case errors.Is(err, agent.ErrExec):
+			return execSelf(exe)
 		}
-		level := new(slog.LevelVar)
-		log := newLogger(stderr, cfg.Log, level)
-		a, err := agent.New(cfg, agent.Options{Logger: log, Stdout: stdout, LogLevel: level})
-		if err != nil {
-			return fmt.Errorf("config %s: %w", *path, err)
-		}
-		if err := a.Run(ctx); !errors.Is(err, agent.ErrReload) {
-			return err
-		}
+		return err
 	}
+}
+
+// runOnce builds the agent from the file and runs it. During an update's trial it confirms
+// the update once the agent is ready, or restores the previous binary and executes it when
+// the new one fails to start or is not ready within the deadline.
+func runOnce(ctx context.Context, path, exe string, trial *update.Trial, stdout, stderr io.Writer) error {
+	fail := func(err error) error {
+		if trial == nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "edge-agent: the new binary (update to %s) failed: %v\n", trial.Pending.Version, err)
+		if rerr := trial.Revert(err.Error()); !errors.Is(rerr, update.ErrReverted) {
+			return errors.Join(err, rerr)
+		}
+		return execSelf(exe)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		return fail(err)
+	}
+	level := new(slog.LevelVar)
+	log := newLogger(stderr, cfg.Log, level)
+	a, err := agent.New(cfg, agent.Options{Logger: log, Stdout: stdout, LogLevel: level, Executable: exe})
+	if err != nil {
+		return fail(fmt.Errorf("config %s: %w", path, err))
+	}
+	if trial == nil {
+		reportUpdate(a, exe, log)
+		return a.Run(ctx)
+	}
+	log.Info("new binary on trial: it must be ready before the deadline or the previous one comes back",
+		"version", trial.Pending.Version, "from", trial.Pending.FromVersion, "start", trial.Pending.Starts, "deadline", trial.Deadline)
+	runCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var confirmed atomic.Bool
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-runCtx.Done():
+				return
+			case now := <-tick.C:
+				if testFault != "hang" && a.Ready() {
+					if err := trial.Confirm(); err != nil {
+						log.Error("confirm the update", "err", err)
+					}
+					confirmed.Store(true)
+					reportUpdate(a, exe, log)
+					return
+				}
+				if now.After(trial.Deadline) {
+					cancel(fmt.Errorf("not ready within %v (update.confirm_within)", trial.Pending.ConfirmWithin))
+					return
+				}
+			}
+		}
+	}()
+	if testFault == "crash" {
+		panic("edge-agent built with testFault=crash (self-update tests only)")
+	}
+	err = a.Run(runCtx)
+	cancel(nil)
+	wg.Wait()
+	if confirmed.Load() || ctx.Err() != nil {
+		return err // a stop by signal during the trial leaves it pending: the next start counts
+	}
+	if cause := context.Cause(runCtx); cause != nil && !errors.Is(cause, context.Canceled) {
+		err = cause
+	}
+	if err == nil || errors.Is(err, agent.ErrReload) || errors.Is(err, agent.ErrExec) {
+		err = errors.New("it stopped before it was ready")
+	}
+	return fail(err)
 }
 
 func newLogger(w io.Writer, c config.Log, level *slog.LevelVar) *slog.Logger {

@@ -29,6 +29,7 @@ Usage:
   edgectl bundle sign --key K [--password-file F] BUNDLE  (re)sign a bundle's manifest in place
   edgectl bundle verify --pub P [--pub P2] BUNDLE         check signature, every file's sha256 and the manifest
   edgectl bundle inspect [--json] [--pub P] BUNDLE        show the manifest
+  edgectl sign --key K [--password-file F] FILE          FILE.minisig: sign an agent binary (edge-agent update)
   edgectl version
 
 Fleet commands (MQTT; docs/mqtt.md):
@@ -37,6 +38,11 @@ Fleet commands (MQTT; docs/mqtt.md):
                                                (progress per device; give a --timeout long enough for the transfer)
   edgectl deploy TARGET --url URL --sha256 HEX  deploy a bundle the devices fetch from URL (progress per device)
   edgectl deploy TARGET --url URL BUNDLE_FILE   the same, with the sha256 computed from the local file
+  edgectl selfupdate TARGET --url URL (--sha256 HEX | BINARY_FILE) [--sig-url URL]
+                                               the devices install a signed new edge-agent binary and restart
+                                               (the previous one comes back if the new one is not ready in time)
+  edgectl config TARGET [--set KEY=VALUE]... [--unset KEY]...   change or show the fleet settings (docs/mqtt.md)
+  edgectl capture TARGET [--model M] [--count N] --out DIR      upload the next N inputs and outputs as samples
   edgectl rollback TARGET MODEL [VERSION]       go back to the previous (or the given) version of MODEL
   edgectl ab TARGET MODEL VERSION --weight W | --shadow   A/B split (W of the sources) or shadow test of VERSION
   edgectl promote TARGET MODEL                  make the experiment's candidate the active version
@@ -105,6 +111,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdStatus(args[1:], stdout, stderr)
 	case "watch":
 		err = cmdWatch(args[1:], stdout, stderr)
+	case "sign":
+		err = cmdSignFile(args[1:], stdout, stderr)
+	case "selfupdate":
+		err = cmdSelfupdate(args[1:], stdout, stderr)
 	case "capture":
 		err = cmdCapture(args[1:], stdout, stderr)
 	case "config":

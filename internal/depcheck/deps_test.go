@@ -176,6 +176,7 @@ func TestLeafPackages(t *testing.T) {
 		"agent/state":           {"internal/durable"},
 		"agent/command":         {},
 		"internal/rollout":      {"agent/command", "internal/durable"},
+		"agent/update":          {"internal/durable"},
 		"internal/simfleet":     {"agent/link", "agent/command", "agent/result"},
 		"agent/link":            {"hal/sensor"},
 		"agent/result":          {},

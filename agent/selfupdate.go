@@ -1,0 +1,143 @@
+package agent
+
+// The selfupdate command: download a new agent binary and its minisign signature, check
+// them against trusted_keys (the same keys as bundles), install it with agent/update, then
+// stop cleanly so cmd/edge-agent executes the new binary. The new binary must reach ready
+// within update.confirm_within or the previous one comes back (agent/update).
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/edge-agent/edge-agent/agent/command"
+	"github.com/edge-agent/edge-agent/agent/deploy"
+	"github.com/edge-agent/edge-agent/agent/update"
+	"github.com/edge-agent/edge-agent/models/sign"
+)
+
+// maxSigBytes bounds a downloaded signature file.
+const maxSigBytes = 64 << 10
+
+// BinaryVerifier checks minisign signatures of agent binaries against trusted keys.
+func BinaryVerifier(trusted []string) (func(bin, sig []byte) (string, error), error) {
+	keys, err := sign.KeysFromConfig(trusted)
+	if err == nil && len(keys) == 0 {
+		err = errors.New("no trusted_keys: a new binary must be signed by one of them")
+	}
+	var v *sign.Verifier
+	if err == nil {
+		v, err = sign.NewVerifier(keys...)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return func(bin, sig []byte) (string, error) {
+		r, err := v.Verify(bin, sig)
+		return r.KeyID, err
+	}, nil
+}
+
+func (a *Agent) selfupdateHandler(h map[string]command.Handler) {
+	h["selfupdate"] = func(ctx context.Context, c command.Command, progress command.Progress) (any, error) {
+		var args struct {
+			URL    string `json:"url"`
+			SHA256 string `json:"sha256"`
+			SigURL string `json:"sig_url"`
+		}
+		if err := json.Unmarshal(c.Args, &args); err != nil || args.URL == "" || args.SHA256 == "" {
+			return nil, errors.New(`selfupdate needs args {"url": BINARY_URL, "sha256": HEX, "sig_url": optional (default URL.minisig)}`)
+		}
+		if a.exe == "" {
+			return nil, errors.New("this agent was not started as the edge-agent binary (edge-agent run): it cannot replace itself")
+		}
+		verify, err := BinaryVerifier(a.cfg.TrustedKeys)
+		if err != nil {
+			return nil, err
+		}
+		if args.SigURL == "" {
+			args.SigURL = args.URL + ".minisig"
+		}
+		sig, err := fetchSmall(ctx, args.SigURL, maxSigBytes)
+		if err != nil {
+			return nil, fmt.Errorf("signature: %w", err)
+		}
+		path, err := a.downloadFile(ctx, args.URL, args.SHA256, update.MaxBinaryBytes, progress)
+		if err != nil {
+			return nil, err
+		}
+		defer os.Remove(path)
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		progress(1, "downloaded; checking the signature and running the new binary's preflight")
+		p, err := update.Apply(ctx, f, sig, args.SHA256, update.Options{Exe: a.exe, Verify: verify,
+			ConfirmWithin: a.cfg.Update.ConfirmWithin, FromVersion: Version})
+		if err != nil {
+			return nil, err
+		}
+		select { // Run waits reloadDelay, so the done reply goes out first
+		case a.reload <- ErrExec:
+		default:
+		}
+		return map[string]any{"version": p.Version, "from_version": Version, "signed_by": p.KeyID,
+			"confirm_within": p.ConfirmWithin.String(), "restarting": true}, nil
+	}
+}
+
+// fetchSmall GETs a small file (a signature) whole.
+func fetchSmall(ctx context.Context, url string, limit int64) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	client := &http.Client{Timeout: time.Minute}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("get %s: %s", url, resp.Status)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err == nil && int64(len(b)) > limit {
+		err = fmt.Errorf("larger than %d bytes", limit)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", url, err)
+	}
+	return b, nil
+}
+
+// downloadFile is downloadBundle for any file: one download at a time, resumable, capped.
+func (a *Agent) downloadFile(ctx context.Context, url, sum string, maxBytes int64, progress command.Progress) (string, error) {
+	select {
+	case a.downloading <- struct{}{}:
+	default:
+		progress(0, "waiting for another download to finish")
+		select {
+		case a.downloading <- struct{}{}:
+		case <-ctx.Done():
+			return "", fmt.Errorf("waiting for another download: %w", context.Cause(ctx))
+		}
+	}
+	defer func() { <-a.downloading }()
+	client := &http.Client{Timeout: 30 * time.Minute}
+	return deploy.Download(ctx, client, url, strings.ToLower(sum), filepath.Join(a.cfg.StateDir, "downloads"), maxBytes, func(done, total int64) {
+		if total > 0 {
+			progress(float64(done)/float64(total), fmt.Sprintf("downloaded %d of %d bytes", done, total))
+		} else {
+			progress(0, fmt.Sprintf("downloaded %d bytes", done))
+		}
+	})
+}

@@ -1,0 +1,375 @@
+// Package update replaces the agent's own binary with a signed new one and makes sure a
+// working binary remains whatever happens: a bad signature, a binary that cannot start on
+// this board, one that crashes or never becomes ready, or a power cut at any step.
+//
+// The files live next to the executable, so a new binary finds them before it reads any
+// configuration:
+//
+//	<exe>                      the binary the service runs
+//	<exe>.previous             the binary that ran before the last update (a hard link)
+//	.<name>.new                the new binary while it is prepared (github.com/minio/selfupdate)
+//	.<name>.update.json        the pending update, until the new binary confirms it
+//	.<name>.update-result.json the outcome of the last update
+//
+// Apply: read (bounded) → sha256 → minisign signature → selfupdate prepares .<name>.new →
+// fsync → preflight (run it with "version" on this board) → pending file → hard-link the
+// running binary to <exe>.previous → rename .<name>.new over <exe>. Every step up to the
+// last rename leaves the old binary in place; the rename is atomic, so <exe> is always a
+// whole binary, old or new. (selfupdate's own commit renames <exe> away before putting the
+// new one in place; a power cut between the two renames would leave no binary, so the commit
+// is done here.)
+//
+// Begin, first thing in `edge-agent run`: with a pending update whose binary is the one
+// running, it counts the start (durably). The new binary then has ConfirmWithin to reach
+// ready and Confirm; if it fails to start, exits with an error, never confirms, or crashes
+// MaxStarts times (a service manager restarts it), Revert puts <exe>.previous back and the
+// caller executes it.
+//
+// Imports: the standard library, selfupdate and internal/durable only; signature checking
+// is injected (Options.Verify).
+package update
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/minio/selfupdate"
+
+	"github.com/edge-agent/edge-agent/internal/durable"
+)
+
+// MaxBinaryBytes bounds a new binary.
+const MaxBinaryBytes = 256 << 20
+
+// MaxStarts is how many times a new binary may start without confirming before the previous
+// one is restored (a crash on the first start gets one more try: it may have been a power
+// cut).
+const MaxStarts = 2
+
+// DefaultConfirmWithin is how long a new binary has to reach ready after it starts.
+const DefaultConfirmWithin = 2 * time.Minute
+
+// preflightTimeout bounds the new binary's "version" run before it is installed.
+const preflightTimeout = 20 * time.Second
+
+// Schemas of the files.
+const (
+	PendingSchema = "edge-agent/update-pending/v1"
+	ResultSchema  = "edge-agent/update-result/v1"
+)
+
+// Outcomes in Result.
+const (
+	OutcomeConfirmed  = "confirmed"
+	OutcomeRolledBack = "rolled-back"
+)
+
+// ErrReverted is Begin's error when it restored the previous binary: the caller executes
+// the executable again (it is the previous binary now).
+var ErrReverted = errors.New("the new binary failed; the previous one is restored")
+
+// Options configure Apply.
+type Options struct {
+	// Exe is the binary to replace (default: the running executable).
+	Exe string
+	// Verify checks a minisign signature of the binary and returns the signing key's id.
+	Verify func(bin, sig []byte) (keyID string, err error)
+	// ConfirmWithin is how long the new binary has to reach ready (default 2m).
+	ConfirmWithin time.Duration
+	// FromVersion is the running version, recorded in the pending file.
+	FromVersion string
+}
+
+// Pending is the pending update file.
+type Pending struct {
+	Schema        string        `json:"schema"`
+	Version       string        `json:"version"`
+	SHA256        string        `json:"sha256"`
+	KeyID         string        `json:"key_id"`
+	FromVersion   string        `json:"from_version"`
+	Applied       time.Time     `json:"applied"`
+	ConfirmWithin time.Duration `json:"confirm_within"`
+	Starts        int           `json:"starts"`
+}
+
+// Result is the outcome of the last update.
+type Result struct {
+	Schema      string    `json:"schema"`
+	Outcome     string    `json:"outcome"`
+	Version     string    `json:"version"`
+	FromVersion string    `json:"from_version"`
+	Reason      string    `json:"reason,omitempty"`
+	At          time.Time `json:"at"`
+	Reported    bool      `json:"reported"` // an event was sent for it
+}
+
+// Executable is the running binary's path with symlinks resolved (the file to replace).
+func Executable() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	return filepath.EvalSymlinks(exe)
+}
+
+type paths struct{ exe, previous, next, pending, result string }
+
+func pathsOf(exe string) paths {
+	dir, name := filepath.Dir(exe), filepath.Base(exe)
+	return paths{
+		exe:      exe,
+		previous: exe + ".previous",
+		next:     filepath.Join(dir, "."+name+".new"),
+		pending:  filepath.Join(dir, "."+name+".update.json"),
+		result:   filepath.Join(dir, "."+name+".update-result.json"),
+	}
+}
+
+// Apply verifies a new binary (bin, at most MaxBinaryBytes, with its minisign signature sig
+// and, when wantSHA256 is not empty, that sha256) and installs it in place of Options.Exe.
+// It returns the pending update; the new binary runs when the caller executes Exe again.
+// On any error the running binary is untouched.
+func Apply(ctx context.Context, bin io.Reader, sig []byte, wantSHA256 string, opt Options) (Pending, error) {
+	if opt.Exe == "" {
+		exe, err := Executable()
+		if err != nil {
+			return Pending{}, fmt.Errorf("find the running binary: %w", err)
+		}
+		opt.Exe = exe
+	}
+	if opt.ConfirmWithin <= 0 {
+		opt.ConfirmWithin = DefaultConfirmWithin
+	}
+	if opt.Verify == nil {
+		return Pending{}, errors.New("no signature check configured: set trusted_keys")
+	}
+	p := pathsOf(opt.Exe)
+	data, err := io.ReadAll(io.LimitReader(bin, MaxBinaryBytes+1))
+	if err != nil {
+		return Pending{}, fmt.Errorf("read the new binary: %w (nothing changed; try again)", err)
+	}
+	if len(data) > MaxBinaryBytes {
+		return Pending{}, fmt.Errorf("the new binary is larger than %d bytes: refused", MaxBinaryBytes)
+	}
+	sum := sha256.Sum256(data)
+	got := hex.EncodeToString(sum[:])
+	if wantSHA256 != "" && !strings.EqualFold(wantSHA256, got) {
+		return Pending{}, fmt.Errorf("the new binary's sha256 is %s, not %s: a truncated or wrong download; nothing changed", got, wantSHA256)
+	}
+	keyID, err := opt.Verify(data, sig)
+	if err != nil {
+		return Pending{}, fmt.Errorf("the new binary's signature: %w; nothing changed (sign it with a key in trusted_keys: edgectl sign --key K FILE)", err)
+	}
+	if err := selfupdate.PrepareAndCheckBinary(bytes.NewReader(data), selfupdate.Options{
+		TargetPath: opt.Exe, TargetMode: 0o755, Checksum: sum[:], Hash: crypto.SHA256,
+	}); err != nil {
+		os.Remove(p.next)
+		return Pending{}, fmt.Errorf("write the new binary beside %s: %w (the folder must be writable by the agent)", opt.Exe, err)
+	}
+	if err := durable.Sync(p.next); err != nil {
+		os.Remove(p.next)
+		return Pending{}, err
+	}
+	version, err := preflight(ctx, p.next)
+	if err != nil {
+		os.Remove(p.next)
+		return Pending{}, fmt.Errorf("the new binary does not run on this device: %w; nothing changed", err)
+	}
+	pend := Pending{Schema: PendingSchema, Version: version, SHA256: got, KeyID: keyID, FromVersion: opt.FromVersion,
+		Applied: time.Now().UTC(), ConfirmWithin: opt.ConfirmWithin}
+	if err := writeJSON(p.pending, pend); err != nil {
+		os.Remove(p.next)
+		return Pending{}, err
+	}
+	// Keep the running binary as previous: a hard link, made under a temporary name and
+	// renamed, so a previous from an earlier update is replaced in one step.
+	tmp := p.previous + ".tmp"
+	os.Remove(tmp)
+	if err := os.Link(opt.Exe, tmp); err != nil {
+		os.Remove(p.next)
+		os.Remove(p.pending)
+		return Pending{}, fmt.Errorf("keep the running binary as %s: %w", p.previous, err)
+	}
+	if err := os.Rename(tmp, p.previous); err != nil {
+		os.Remove(p.next)
+		os.Remove(p.pending)
+		return Pending{}, fmt.Errorf("keep the running binary as %s: %w", p.previous, err)
+	}
+	if err := durable.Sync(filepath.Dir(opt.Exe)); err != nil {
+		return Pending{}, err
+	}
+	if err := os.Rename(p.next, opt.Exe); err != nil {
+		os.Remove(p.pending)
+		return Pending{}, fmt.Errorf("install the new binary: %w; the running one is untouched", err)
+	}
+	return pend, durable.Sync(filepath.Dir(opt.Exe))
+}
+
+// preflight runs the binary with "version" and returns the version it prints.
+func preflight(ctx context.Context, path string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, preflightTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, path, "version").Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && len(ee.Stderr) > 0 {
+			err = fmt.Errorf("%w: %s", err, strings.TrimSpace(lastLine(string(ee.Stderr))))
+		}
+		return "", fmt.Errorf("%q version: %w", filepath.Base(path), err)
+	}
+	first, _, _ := strings.Cut(string(out), "\n")
+	version, ok := strings.CutPrefix(strings.TrimSpace(first), "edge-agent ")
+	if !ok || version == "" || strings.ContainsAny(version, " \t") {
+		return "", fmt.Errorf("%q version printed %q, not \"edge-agent VERSION\": is it an edge-agent binary?", filepath.Base(path), first)
+	}
+	return version, nil
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
+
+// Trial is a new binary's first run(s): it must Confirm within its deadline.
+type Trial struct {
+	p        paths
+	Pending  Pending
+	Deadline time.Time
+}
+
+// Begin looks for a pending update of exe (the running binary). Without one, or when the
+// binary running is not the pending one (an update interrupted before its last step), it
+// returns nil. Otherwise it counts this start durably and returns the trial; after
+// MaxStarts unconfirmed starts it restores the previous binary and returns ErrReverted.
+func Begin(exe string) (*Trial, error) {
+	p := pathsOf(exe)
+	os.Remove(p.next) // a leftover of an interrupted Apply
+	var pend Pending
+	if err := readJSON(p.pending, &pend); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		os.Remove(p.pending)
+		return nil, fmt.Errorf("pending update %s unreadable (%v): removed; the running binary stays", p.pending, err)
+	}
+	if sum, err := fileSHA256(exe); err != nil || sum != pend.SHA256 {
+		// Apply stopped before the new binary was in place: nothing changed.
+		return nil, errors.Join(os.Remove(p.pending), durable.Sync(filepath.Dir(exe)))
+	}
+	t := &Trial{p: p, Pending: pend}
+	pend.Starts++
+	t.Pending = pend
+	if pend.Starts > MaxStarts {
+		return nil, t.Revert(fmt.Sprintf("the new binary started %d times without becoming ready", pend.Starts-1))
+	}
+	if err := writeJSON(p.pending, pend); err != nil {
+		return nil, err
+	}
+	within := pend.ConfirmWithin
+	if within <= 0 {
+		within = DefaultConfirmWithin
+	}
+	t.Deadline = time.Now().Add(within)
+	return t, nil
+}
+
+// Confirm records that the new binary is ready: the update is done.
+func (t *Trial) Confirm() error {
+	r := Result{Schema: ResultSchema, Outcome: OutcomeConfirmed, Version: t.Pending.Version, FromVersion: t.Pending.FromVersion, At: time.Now().UTC()}
+	if err := writeJSON(t.p.result, r); err != nil {
+		return err
+	}
+	return errors.Join(os.Remove(t.p.pending), durable.Sync(filepath.Dir(t.p.exe)))
+}
+
+// Revert restores the previous binary (atomically, keeping <exe>.previous) and records why.
+// It returns ErrReverted on success: the caller executes the executable again.
+func (t *Trial) Revert(reason string) error {
+	tmp := t.p.exe + ".restore"
+	os.Remove(tmp)
+	if err := os.Link(t.p.previous, tmp); err != nil {
+		return fmt.Errorf("restore %s: %w (restore it by hand: cp %s %s)", t.p.previous, err, t.p.previous, t.p.exe)
+	}
+	if err := os.Rename(tmp, t.p.exe); err != nil {
+		return fmt.Errorf("restore %s: %w (restore it by hand: cp %s %s)", t.p.previous, err, t.p.previous, t.p.exe)
+	}
+	r := Result{Schema: ResultSchema, Outcome: OutcomeRolledBack, Version: t.Pending.Version, FromVersion: t.Pending.FromVersion, Reason: reason, At: time.Now().UTC()}
+	if err := writeJSON(t.p.result, r); err != nil {
+		return err
+	}
+	if err := errors.Join(os.Remove(t.p.pending), durable.Sync(filepath.Dir(t.p.exe))); err != nil {
+		return err
+	}
+	return ErrReverted
+}
+
+// LastResult returns the outcome of the last update of exe, if any.
+func LastResult(exe string) (Result, bool) {
+	var r Result
+	return r, readJSON(pathsOf(exe).result, &r) == nil
+}
+
+// MarkReported records that the last result was announced (so it is announced once).
+func MarkReported(exe string) error {
+	r, ok := LastResult(exe)
+	if !ok {
+		return nil
+	}
+	r.Reported = true
+	return writeJSON(pathsOf(exe).result, r)
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// writeJSON replaces path atomically and durably.
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := durable.Sync(tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("replace %s: %w", path, err)
+	}
+	return durable.Sync(filepath.Dir(path))
+}
+
+func readJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}
