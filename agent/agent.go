@@ -226,6 +226,14 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 			return nil, err
 		}
 	}
+	if err := a.setupDrift(); err != nil {
+		a.Close()
+		return nil, err
+	}
+	if err := a.setupStatus(opt); err != nil {
+		a.Close()
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -424,6 +432,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.deploy.Run(srcCtx)
 		}()
 	}
+	a.runDrift(srcCtx, &wg)
+	a.runStatus(srcCtx, &wg)
 
 	var restart error
 	select {

@@ -67,6 +67,10 @@ type Config struct {
 	Commands Commands `yaml:"commands"`
 	// Update is the agent's self-update (edge-agent update, the selfupdate command).
 	Update Update `yaml:"update"`
+	// Drift is the drift monitor (docs/drift.md).
+	Drift Drift `yaml:"drift"`
+	// Status is the local HTTP server: status page, metrics, health, predict API.
+	Status Status `yaml:"status"`
 
 	Sources []sensor.Spec `yaml:"sources"`
 	Models  []Model       `yaml:"models"`
@@ -304,6 +308,8 @@ func (c *Config) applyDefaults() {
 	if c.Update.ConfirmWithin == 0 {
 		c.Update.ConfirmWithin = 2 * time.Minute
 	}
+	c.Drift.applyDefaults()
+	c.Status.applyDefaults(c)
 	for i, k := range c.TrustedKeys {
 		if strings.HasPrefix(k, "./") || strings.HasPrefix(k, "../") {
 			c.TrustedKeys[i] = c.Resolve(k)
@@ -444,6 +450,8 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	c.Drift.validate(bad)
+	c.Status.validate(bad)
 	return errors.Join(errs...)
 }
 
