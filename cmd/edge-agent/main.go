@@ -24,6 +24,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
+
 	"github.com/edge-agent/edge-agent/agent"
 	"github.com/edge-agent/edge-agent/agent/config"
 	"github.com/edge-agent/edge-agent/agent/update"
@@ -115,7 +117,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 	go func() {
 		<-ctx.Done()
-		stop() // restore default handling so a second signal terminates
+		daemon.SdNotify(false, "STOPPING=1") // no-op when not started by systemd
+		stop()                               // restore default handling so a second signal terminates
 	}()
 	// A fleet config command that changes settings read at start makes Run return
 	// ErrReload: read the file again and start over in this process (the fleet's settings
@@ -160,10 +163,10 @@ func runOnce(ctx context.Context, path, exe string, trial *update.Trial, stdout,
 	}
 	if trial == nil {
 		reportUpdate(a, exe, log)
-		return a.Run(ctx)
+	} else {
+		log.Info("new binary on trial: it must be ready before the deadline or the previous one comes back",
+			"version", trial.Pending.Version, "from", trial.Pending.FromVersion, "start", trial.Pending.Starts, "deadline", trial.Deadline)
 	}
-	log.Info("new binary on trial: it must be ready before the deadline or the previous one comes back",
-		"version", trial.Pending.Version, "from", trial.Pending.FromVersion, "start", trial.Pending.Starts, "deadline", trial.Deadline)
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var confirmed atomic.Bool
@@ -171,27 +174,22 @@ func runOnce(ctx context.Context, path, exe string, trial *update.Trial, stdout,
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		tick := time.NewTicker(250 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-runCtx.Done():
+		watch(runCtx, a, log, func() {
+			if trial == nil {
 				return
-			case now := <-tick.C:
-				if testFault != "hang" && a.Ready() {
-					if err := trial.Confirm(); err != nil {
-						log.Error("confirm the update", "err", err)
-					}
-					confirmed.Store(true)
-					reportUpdate(a, exe, log)
-					return
-				}
-				if now.After(trial.Deadline) {
-					cancel(fmt.Errorf("not ready within %v (update.confirm_within)", trial.Pending.ConfirmWithin))
-					return
-				}
 			}
-		}
+			if err := trial.Confirm(); err != nil {
+				log.Error("confirm the update", "err", err)
+			}
+			confirmed.Store(true)
+			reportUpdate(a, exe, log)
+		}, func(now time.Time) bool {
+			if trial != nil && !confirmed.Load() && now.After(trial.Deadline) {
+				cancel(fmt.Errorf("not ready within %v (update.confirm_within)", trial.Pending.ConfirmWithin))
+				return true
+			}
+			return false
+		})
 	}()
 	if testFault == "crash" {
 		panic("edge-agent built with testFault=crash (self-update tests only)")
@@ -199,7 +197,7 @@ func runOnce(ctx context.Context, path, exe string, trial *update.Trial, stdout,
 	err = a.Run(runCtx)
 	cancel(nil)
 	wg.Wait()
-	if confirmed.Load() || ctx.Err() != nil {
+	if trial == nil || confirmed.Load() || ctx.Err() != nil {
 		return err // a stop by signal during the trial leaves it pending: the next start counts
 	}
 	if cause := context.Cause(runCtx); cause != nil && !errors.Is(cause, context.Canceled) {
