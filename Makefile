@@ -13,7 +13,7 @@ TFLITE_PREFIX = $(eval TFLITE_PREFIX := $(shell scripts/tflite-prefix.sh))$(TFLI
 CGO_ENV = CGO_ENABLED=1 CGO_CFLAGS="-I$(TFLITE_PREFIX)/include" \
 	CGO_LDFLAGS="-L$(TFLITE_PREFIX)/lib -Wl,-rpath,$(TFLITE_PREFIX)/lib"
 
-.PHONY: all build test test-go bench demo lint clean deps tflite
+.PHONY: all build test test-go bench demo lint clean deps tflite cross
 
 all: build
 
@@ -27,6 +27,17 @@ build:
 
 deps:
 	@scripts/deps.sh
+
+# dist/linux-{arm64,amd64}/{edge-agent,edgectl,lib/libtensorflowlite_c.so}: arm64 with Debian's
+# aarch64 cross compiler (scripts/deps.sh installs it) and the npm package's arm64 library.
+# See cross/README.md, also for 32-bit ARM.
+cross:
+	GO='$(GO)' GO_LDFLAGS='$(LDFLAGS)' cross/build.sh -o dist arm64 amd64
+
+# dist/edge-agent_<version>_{amd64,arm64}.deb from those layouts, with nfpm (packaging/README.md).
+.PHONY: deb
+deb: cross
+	$(GO) run ./packaging/mkdeb --version '$(VERSION)' --arch amd64,arm64 --dist dist
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

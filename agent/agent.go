@@ -556,12 +556,17 @@ func (a *Agent) watchSources(ctx context.Context) {
 // Health is the agent's condition tracker (the status page reads it).
 func (a *Agent) Health() *health.Tracker { return a.health }
 
-// Ready reports whether the agent serves: a model has a loaded version and, with the fleet
-// parts, the outbox is open to store results.
+// Ready reports whether the agent serves: a model has a loaded version (or none is
+// configured, as in the packages' default config) and, with the fleet parts, the outbox is
+// open to store results.
 func (a *Agent) Ready() bool {
+	outbox := a.fleet == nil || a.fleet.ob != nil
+	if len(a.cfg.Models) == 0 {
+		return outbox
+	}
 	for _, st := range a.pipe.Stats() {
 		if st.Version != "" {
-			return a.fleet == nil || a.fleet.ob != nil
+			return outbox
 		}
 	}
 	return false

@@ -10,6 +10,13 @@ command -v npm >/dev/null || need+=(npm)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v minisign >/dev/null || need+=(minisign)
 command -v gcc >/dev/null || need+=(gcc)
+# Cross builds to arm64 and running them under emulation (make cross, cmd/edge-agent/cross_test.go).
+command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu)
+[ -e /usr/aarch64-linux-gnu/lib/crt1.o ] || need+=(libc6-dev-arm64-cross)
+command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
+# The unit file check (systemd-analyze verify) and the .deb test (dpkg-deb, adduser).
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v adduser >/dev/null || need+=(adduser)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
