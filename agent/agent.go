@@ -509,6 +509,9 @@ func (a *Agent) statusFields() map[string]any {
 // metrics is the periodic telemetry message (docs/mqtt.md).
 func (a *Agent) metrics() map[string]any {
 	m := map[string]any{"models": a.pipe.Stats(), "sources": a.SourceStats(), "health": a.health.List()}
+	if d := a.DriftScores(); d != nil {
+		m["drift"] = d
+	}
 	if a.fleet != nil {
 		for k, v := range a.fleet.stats() {
 			m[k] = v

@@ -65,6 +65,7 @@ type fleet struct {
 
 	evq       chan result.Event
 	evDropped atomic.Uint64
+	recent    recentEvents // the status page's latest events (statuswire.go)
 	stopOnce  sync.Once
 }
 
@@ -190,6 +191,7 @@ func (f *fleet) emit(e result.Event) {
 	if e.Severity == "" {
 		e.Severity = "info"
 	}
+	f.recent.add(e)
 	select {
 	case f.evq <- e:
 	default:

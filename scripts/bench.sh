@@ -16,6 +16,11 @@
 #  6. Fleet simulation: `edgectl simulate --devices SIM_DEVICES (1,000) --deploy --duration 20s`
 #     against a dedicated Mosquitto: time to connect all, deploy accepted/done by all, results
 #     rate held, peak RSS of edgectl and Mosquitto, vs as many raw paho clients answering once.
+#  7. Drift monitor: pipeline throughput with and without the monitor (mnist, sin; real
+#     TFLite, XNNPACK, 1 thread; interleaved blocks, medians of the per-pair ratios, wall clock
+#     and thread CPU time), and the monitor's own cost per frame (go test -bench Observe).
+#  8. Predict API: 4 HTTP clients vs 4 goroutines calling pipeline.Process (mnist tensor/PNG, SSD
+#     JPEG): ratio, p99, CPU per request.
 # Results go to stdout and .bench/; record them in docs/benchmarks.md with machine and date.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -103,3 +108,17 @@ SIM_DEVICES=$sim_devices go test -run '^$' -bench 'Simulate$' -benchtime 1x -cou
            printf "group deploy accepted by all after %.2f s (goal <= 10 s)   raw paho answer %.2f s   ratio %.1f   done by all after %.2f s\n", v["ack-s"], v["raw-answer-s"], v["ack-ratio"], v["done-s"]
            printf "telemetry received %.0f results/s of %.0f offered (held %.3f)\n", v["received/s"], v["offered/s"], v["held"]
            printf "peak RSS: edgectl simulate %.1f MB, Mosquitto %.1f MB (raw clients process %.1f MB)\n", v["sim-rss-MB"], v["mosquitto-rss-MB"], v["raw-rss-MB"] }'
+
+echo "== 7. drift monitor: pipeline with vs without it (same run, interleaved), and its cost per frame =="
+go test -run '^$' -bench DriftOverhead -benchtime "${BENCHTIME:-5s}" -count 1 ./agent 2>/dev/null \
+  | grep -E '^Benchmark' | tee "$out/drift.txt" \
+  | awk '{ for (i=3;i<=NF;i+=2) v[$(i+1)]=$i;
+           printf "%-34s plain %9.0f/s  monitored %9.0f/s  ratio %.3f  cpu-ratio %.3f (goal >= 0.97)  monitor %5.0f ns/frame  allocs/frame %d vs %d\n",
+             $1, v["plain/s"], v["monitored/s"], v["ratio"], v["cpu-ratio"], v["drift-cpu-ns/frame"], v["allocs/plain-frame"], v["allocs/monitored-frame"] }'
+go test -run '^$' -bench Observe -benchmem -count 1 ./agent/drift 2>/dev/null | grep -E '^Benchmark' | tee -a "$out/drift.txt"
+
+echo "== 8. predict API: 4 concurrent HTTP clients vs as many goroutines calling pipeline.Process (same input, interleaved) =="
+go test -run '^$' -bench 'PredictAPI' -benchtime "${BENCHTIME:-5s}" -count 1 ./agent/status 2>/dev/null | grep -E '^Benchmark' | tee "$out/predict.txt" \
+  | awk '{ for (i=3;i<=NF;i+=2) v[$(i+1)]=$i;
+           printf "%-34s direct %8.1f/s  api %8.1f/s  ratio %.3f (goal >= 0.8 for mnist)  p99 direct %7.2f ms  api %7.2f ms  cpu/request direct %6.0f µs  api %6.0f µs\n", $1, v["direct/s"], v["api/s"], v["ratio"], v["direct-p99-ms"], v["api-p99-ms"], v["direct-cpu-µs"], v["api-cpu-µs"] }'
+go test -run '^$' -bench 'DecodeMnistInstance' -benchmem -count 1 ./agent/status 2>/dev/null | grep -E '^Benchmark' | tee -a "$out/predict.txt"

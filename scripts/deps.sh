@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build and tests need on Debian/Ubuntu: the TensorFlow Lite C library
-# (scripts/install-tflite.sh, via npm) and the Debian packages the tests start for real.
+# (scripts/install-tflite.sh, via npm) and the Debian packages the tests start for real
+# (mosquitto, minisign, chromium).
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,6 +11,8 @@ command -v npm >/dev/null || need+=(npm)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v minisign >/dev/null || need+=(minisign)
 command -v gcc >/dev/null || need+=(gcc)
+# The status page test drives a real headless browser (agent/status/browser_test.go).
+command -v chromium >/dev/null || need+=(chromium)
 # Cross builds to arm64 and running them under emulation (make cross, cmd/edge-agent/cross_test.go).
 command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu)
 [ -e /usr/aarch64-linux-gnu/lib/crt1.o ] || need+=(libc6-dev-arm64-cross)

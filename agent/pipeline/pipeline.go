@@ -72,6 +72,30 @@ type Options struct {
 	Now    func() time.Time
 	// DrainTimeout bounds how long Run waits for queued frames after the sources stop.
 	DrainTimeout time.Duration
+	// Observer, when set, sees every frame a model served (see Observer; SetObserver).
+	Observer Observer
+}
+
+// Observer sees every frame a model version served successfully: primary versions and A/B
+// candidates, not shadow runs. Observe runs on the worker, so it must return at once: do
+// O(features) work without allocating, or copy what it keeps into a bounded buffer.
+type Observer interface {
+	Observe(o Observation)
+}
+
+// Observation is one served frame, passed by value: built on the worker's stack, it costs
+// neither an allocation nor the write barriers of a heap copy. Inputs and Outputs are the
+// worker's buffers, valid only during the call (copy what is kept); Frame, Output and Result
+// share data others read, so they must not be modified.
+type Observation struct {
+	Model   string
+	Serving *Serving // the version that served the frame
+	Variant string
+	Frame   sensor.Frame
+	Inputs  []infer.Tensor
+	Outputs []infer.Tensor
+	Output  postprocess.Output
+	Result  *result.Result
 }
 
 // Pipeline joins sources to models to a sink.
@@ -84,6 +108,8 @@ type Pipeline struct {
 	sources map[string]*sensor.Queue
 	subs    map[string][]string // source → models
 	started atomic.Bool
+	// observer is Options.Observer or SetObserver's: one atomic load per frame, nil when unset.
+	observer atomic.Pointer[Observer]
 }
 
 type modelEntry struct {
@@ -107,8 +133,29 @@ func New(opt Options) *Pipeline {
 	if opt.DrainTimeout <= 0 {
 		opt.DrainTimeout = 10 * time.Second
 	}
-	return &Pipeline{opt: opt, log: opt.Logger, now: opt.Now, models: map[string]*modelEntry{},
+	p := &Pipeline{opt: opt, log: opt.Logger, now: opt.Now, models: map[string]*modelEntry{},
 		sources: map[string]*sensor.Queue{}, subs: map[string][]string{}}
+	p.SetObserver(opt.Observer)
+	return p
+}
+
+// SetObserver sets (or, with nil, removes) the observer of served frames; the agent builds
+// the drift monitor after the pipeline. Frames already being processed may still reach the
+// previous one.
+func (p *Pipeline) SetObserver(o Observer) {
+	if o == nil {
+		p.observer.Store(nil)
+		return
+	}
+	p.observer.Store(&o)
+}
+
+// Observer is the observer of served frames, or nil.
+func (p *Pipeline) Observer() Observer {
+	if o := p.observer.Load(); o != nil {
+		return *o
+	}
+	return nil
 }
 
 // ErrUnknownModel is returned for a model name the pipeline does not serve.
@@ -255,6 +302,9 @@ func (p *Pipeline) run(ctx context.Context, e *modelEntry, s *Serving, variant s
 		InputRef:   f.Ref,
 	}
 	e.offer(f, in, out, r)
+	if o := p.observer.Load(); o != nil {
+		(*o).Observe(Observation{Model: e.cfg.Name, Serving: s, Variant: variant, Frame: f, Inputs: in, Outputs: out, Output: po, Result: r})
+	}
 	return r, po, nil
 }
 

@@ -177,6 +177,8 @@ func TestLeafPackages(t *testing.T) {
 		"agent/command":         {},
 		"internal/rollout":      {"agent/command", "internal/durable"},
 		"agent/update":          {"internal/durable"},
+		"agent/drift":           {"agent/infer", "models/bundle"},
+		"agent/status":          {"agent/health", "agent/infer", "agent/pipeline", "agent/result", "hal/sensor", "hal/sensor/file"},
 		"internal/simfleet":     {"agent/link", "agent/command", "agent/result"},
 		"agent/link":            {"hal/sensor"},
 		"agent/result":          {},
