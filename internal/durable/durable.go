@@ -1,5 +1,6 @@
 // Package durable holds the fsync helpers the crash-safe stores share (models/store,
-// agent/outbox): a rename or a new file is durable only once its directory is synced too.
+// agent/outbox, agent/state, the fleet settings, the self-update and rollout state files): a
+// rename or a new file is durable only once its directory is synced too.
 // It imports only the standard library.
 package durable
 
@@ -41,4 +42,37 @@ func MkdirAll(dir string) error {
 		return err
 	}
 	return Sync(parent)
+}
+
+// WriteFile replaces path with data atomically and durably: a temporary file beside it is
+// written and fsync'd, renamed over path, and the directory fsync'd. A crash at any point
+// leaves either the old file or the new one, whole.
+func WriteFile(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	name := tmp.Name()
+	_, err = tmp.Write(data)
+	if err == nil {
+		err = tmp.Chmod(perm)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(name, path)
+	}
+	if err != nil {
+		os.Remove(name)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := Sync(dir); err != nil {
+		return fmt.Errorf("sync the folder of %s: %w", path, err)
+	}
+	return nil
 }

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/edge-agent/edge-agent/internal/durable"
 )
@@ -58,28 +57,8 @@ func saveState(path, instance string, rollouts []*Rollout) error {
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
+	if err := durable.WriteFile(path, append(b, '\n'), 0o640); err != nil {
 		return fmt.Errorf("state file: %w", err)
-	}
-	name := tmp.Name()
-	_, err = tmp.Write(append(b, '\n'))
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(name, path)
-	}
-	if err != nil {
-		os.Remove(name)
-		return fmt.Errorf("write state file %s: %w", path, err)
-	}
-	if err := durable.Sync(dir); err != nil {
-		return fmt.Errorf("sync folder of state file %s: %w", path, err)
 	}
 	return nil
 }
