@@ -99,7 +99,8 @@ type Agent struct {
 	// reload asks Run to stop and return the error it carries: ErrReload (config command)
 	// or ErrExec (selfupdate command).
 	reload chan error
-	exe    string // Options.Executable
+	exe    string        // Options.Executable
+	drift  *driftMonitor // nil when drift monitoring is off
 	// downloading holds a token while a deploy command downloads a bundle.
 	downloading chan struct{}
 }

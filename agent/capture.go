@@ -44,8 +44,10 @@ type sampleTensor struct {
 type sampleRecord struct {
 	Schema   string         `json:"schema"`
 	Device   string         `json:"device"`
-	Capture  string         `json:"capture"` // the capture command's id
-	N        int            `json:"n"`       // 1-based index within the capture
+	Reason   string         `json:"reason,omitempty"` // why it was taken when not by a capture command ("drift")
+	Drift    any            `json:"drift,omitempty"`  // the drift alert that took it
+	Capture  string         `json:"capture"`          // the capture command's id
+	N        int            `json:"n"`                // 1-based index within the capture
 	Of       int            `json:"of"`
 	Model    string         `json:"model"`
 	Version  string         `json:"version"`
@@ -147,7 +149,7 @@ func (a *Agent) capture(ctx context.Context, id string, args captureArgs, progre
 		case <-ctx.Done():
 			return nil, fmt.Errorf("captured %d of %d samples of %s before the command's deadline (%v): the model served too few frames; are its sources producing?", stored, args.Count, args.Model, context.Cause(ctx))
 		}
-		data, err := a.sampleJSON(id, stored+1, args.Count, s)
+		data, err := a.sampleJSON(id, stored+1, args.Count, s, sampleTag{})
 		if err != nil {
 			skipped++
 			a.log.Warn("capture: sample skipped", "model", args.Model, "err", err)
@@ -171,12 +173,18 @@ func (a *Agent) capture(ctx context.Context, id string, args captureArgs, progre
 	return map[string]any{"model": args.Model, "captured": stored, "skipped": skipped, "stream": streamSamples, "first_seq": first, "last_seq": last}, nil
 }
 
+// sampleTag marks samples not taken by a capture command.
+type sampleTag struct {
+	Reason string
+	Drift  any
+}
+
 // sampleJSON encodes a sample, leaving the source frame out when it would exceed
 // maxSampleBytes.
-func (a *Agent) sampleJSON(id string, n, of int, s pipeline.Sample) ([]byte, error) {
+func (a *Agent) sampleJSON(id string, n, of int, s pipeline.Sample, tag sampleTag) ([]byte, error) {
 	r := s.Result
 	rec := sampleRecord{
-		Schema: SampleSchema, Device: a.cfg.Device, Capture: id, N: n, Of: of,
+		Schema: SampleSchema, Device: a.cfg.Device, Reason: tag.Reason, Drift: tag.Drift, Capture: id, N: n, Of: of,
 		Model: r.Model, Version: r.Version, Variant: r.Variant, TS: r.TS,
 		Source: r.Source, FrameSeq: r.FrameSeq, InputRef: r.InputRef,
 		Inputs: tensorsOf(s.Inputs), Outputs: tensorsOf(s.Outputs),

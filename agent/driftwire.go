@@ -111,34 +111,25 @@ func (a *Agent) setupDrift() error {
 		Logger:    a.log,
 	})
 	a.pipe.SetObserver(&driftObserver{mon: mon})
-	return nil
-}
-
-// driftMon is the monitor (nil when drift.enabled is false). It lives as the pipeline's
-// observer, the one place the agent hands frames to it.
-func (a *Agent) driftMon() *driftMonitor {
-	if o, ok := a.pipe.Observer().(*driftObserver); ok {
-		return o.mon
-	}
+	a.drift = mon
 	return nil
 }
 
 // runDrift runs the drift monitor's goroutines until ctx ends; wg tracks them.
 func (a *Agent) runDrift(ctx context.Context, wg *sync.WaitGroup) {
-	mon := a.driftMon()
-	if mon == nil {
+	if a.drift == nil {
 		return
 	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		mon.Run(ctx)
+		a.drift.Run(ctx)
 	}()
 }
 
 // DriftScores are the drift monitor's latest figures (nil when it is off).
 func (a *Agent) DriftScores() []DriftScore {
-	mon := a.driftMon()
+	mon := a.drift
 	if mon == nil {
 		return nil
 	}
@@ -245,26 +236,19 @@ func (a *Agent) driftAlert(ctx context.Context, al drift.Alert[driftMeta]) {
 func (a *Agent) storeDriftSamples(ctx context.Context, al drift.Alert[driftMeta]) {
 	e := al.Evidence
 	id := fmt.Sprintf("drift-%s-%s-w%d", al.Key.Model, al.Key.Version, e.Window.Index)
-	tag, err := json.Marshal(map[string]any{"reason": "drift",
-		"drift": map[string]any{"feature": e.Feature, "statistic": e.Statistic, "value": e.Value, "threshold": e.Threshold, "window": e.Window.Index}})
-	if err != nil {
-		a.log.Warn("drift samples not stored", "err", err)
-		return
-	}
+	tag := sampleTag{Reason: "drift",
+		Drift: map[string]any{"feature": e.Feature, "statistic": e.Statistic, "value": e.Value, "threshold": e.Threshold, "window": e.Window.Index}}
 	stored := 0
 	for i, s := range al.Samples {
 		if s.Meta.Result == nil {
 			continue
 		}
-		data, err := a.sampleJSON(id, i+1, len(al.Samples), pipeline.Sample{Frame: s.Meta.Frame, Inputs: s.Inputs, Outputs: s.Outputs, Result: *s.Meta.Result})
+		data, err := a.sampleJSON(id, i+1, len(al.Samples), pipeline.Sample{Frame: s.Meta.Frame, Inputs: s.Inputs, Outputs: s.Outputs, Result: *s.Meta.Result}, tag)
 		if err != nil {
 			a.log.Warn("drift sample skipped", "capture", id, "n", i+1, "err", err)
 			continue
 		}
-		// Both are JSON objects: the tag's fields go first in the record.
-		rec := make([]byte, 0, len(tag)+len(data))
-		rec = append(append(append(rec, tag[:len(tag)-1]...), ','), data[1:]...)
-		if _, err := a.fleet.samples.Append(ctx, rec); err != nil {
+		if _, err := a.fleet.samples.Append(ctx, data); err != nil {
 			a.log.Warn("drift samples not stored", "capture", id, "stored", stored, "of", len(al.Samples), "err", err)
 			return
 		}
