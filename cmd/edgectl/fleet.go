@@ -220,19 +220,31 @@ func addSendFlags(fs *flag.FlagSet) *sendOpts {
 // envelope wraps a command body in the signed form agents with commands.require_signed take:
 // {"body": base64(body), "sig": minisign signature of body}.
 func envelope(body []byte, keyPath, pwFile string) ([]byte, error) {
-	pw, err := readPassword(pwFile)
+	priv, err := readSecretKey(keyPath, pwFile)
 	if err != nil {
 		return nil, err
 	}
-	priv, err := sign.ReadPrivateKey(keyPath, pw)
-	if err != nil {
-		return nil, err
-	}
-	sig, err := sign.Sign(priv, body, "edgectl command")
+	return sealCommand(priv, body, "edgectl command")
+}
+
+// sealCommand signs a command body and wraps it in the envelope, with comment as the
+// signature's trusted comment.
+func sealCommand(priv sign.PrivateKey, body []byte, comment string) ([]byte, error) {
+	sig, err := sign.Sign(priv, body, comment)
 	if err != nil {
 		return nil, fmt.Errorf("sign command: %w", err)
 	}
 	return json.Marshal(map[string]string{"body": base64.StdEncoding.EncodeToString(body), "sig": string(sig)})
+}
+
+// readSecretKey reads a minisign secret key, decrypted with the password in pwFile (none when
+// pwFile is empty).
+func readSecretKey(keyPath, pwFile string) (sign.PrivateKey, error) {
+	pw, err := readPassword(pwFile)
+	if err != nil {
+		return sign.PrivateKey{}, err
+	}
+	return sign.ReadPrivateKey(keyPath, pw)
 }
 
 // newID is a random 16-hex-digit command id.

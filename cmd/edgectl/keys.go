@@ -195,11 +195,7 @@ func cmdSign(args []string, stdout, stderr io.Writer) error {
 	if *keyPath == "" || fs.NArg() != 1 {
 		return usageError{errors.New("--key and one bundle are required")}
 	}
-	pw, err := readPassword(*pwFile)
-	if err != nil {
-		return err
-	}
-	priv, err := sign.ReadPrivateKey(*keyPath, pw)
+	priv, err := readSecretKey(*keyPath, *pwFile)
 	if err != nil {
 		return err
 	}

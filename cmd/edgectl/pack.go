@@ -71,11 +71,7 @@ func cmdPack(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	pw, err := readPassword(*pwFile)
-	if err != nil {
-		return err
-	}
-	priv, err := sign.ReadPrivateKey(*keyPath, pw)
+	priv, err := readSecretKey(*keyPath, *pwFile)
 	if err != nil {
 		return err
 	}

@@ -31,11 +31,7 @@ func cmdSignFile(args []string, stdout, stderr io.Writer) error {
 	if *keyPath == "" || fs.NArg() != 1 {
 		return usageError{errors.New("sign needs --key and one FILE")}
 	}
-	pw, err := readPassword(*pwFile)
-	if err != nil {
-		return err
-	}
-	priv, err := sign.ReadPrivateKey(*keyPath, pw)
+	priv, err := readSecretKey(*keyPath, *pwFile)
 	if err != nil {
 		return err
 	}

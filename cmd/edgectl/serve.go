@@ -9,7 +9,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -31,7 +30,6 @@ import (
 	"github.com/edge-agent/edge-agent/internal/fleetclient"
 	"github.com/edge-agent/edge-agent/internal/rollout"
 	"github.com/edge-agent/edge-agent/models/bundle"
-	"github.com/edge-agent/edge-agent/models/sign"
 )
 
 // Bounds of the HTTP API.
@@ -107,15 +105,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, started
 	}
 	var seal func([]byte) ([]byte, error)
 	if *signKey != "" {
-		pw, err := readPassword(*signPw)
-		if err != nil {
-			return fmt.Errorf("password file: %w", err)
-		}
-		priv, err := sign.ReadPrivateKey(*signKey, pw)
+		priv, err := readSecretKey(*signKey, *signPw)
 		if err != nil {
 			return fmt.Errorf("--sign-key: %w", err)
 		}
-		seal = func(body []byte) ([]byte, error) { return signedEnvelope(priv, body) }
+		seal = func(body []byte) ([]byte, error) { return sealCommand(priv, body, "edgectl serve command") }
 	}
 	s, err := conn.resolve(os.Getenv)
 	if err != nil {
@@ -224,15 +218,6 @@ type servicePublisher struct{ s *fleetclient.Service }
 
 func (p *servicePublisher) Publish(topic string, qos byte, retained bool, payload []byte) error {
 	return p.s.Publish(topic, qos, retained, payload)
-}
-
-// signedEnvelope is the signed command form of docs/mqtt.md, with a key read once.
-func signedEnvelope(priv sign.PrivateKey, body []byte) ([]byte, error) {
-	sig, err := sign.Sign(priv, body, "edgectl serve command")
-	if err != nil {
-		return nil, fmt.Errorf("sign command: %w", err)
-	}
-	return json.Marshal(map[string]string{"body": base64.StdEncoding.EncodeToString(body), "sig": string(sig)})
 }
 
 // loopback tells whether a listen address only takes local connections.
