@@ -22,23 +22,6 @@ import (
 	"github.com/edge-agent/edge-agent/internal/testenv"
 )
 
-type lockedLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // cfgConsole sends commands to one device and keeps the final replies and the metrics count.
 type cfgConsole struct {
 	t       *testing.T
@@ -122,9 +105,9 @@ models:
   - {name: sin, path: `+testenv.GoTflite(t, "_example/sin/sin_model.tflite")+`, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
 `), 0o644)
 	k := newCfgConsole(t, broker.URL, "cfg-1")
-	startAgent := func() (*exec.Cmd, *lockedLog) {
+	startAgent := func() (*exec.Cmd, *testenv.LockedBuffer) {
 		cmd := exec.Command(bin, "run", "--config", cfg)
-		logs := &lockedLog{}
+		logs := &testenv.LockedBuffer{}
 		cmd.Stderr = logs
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

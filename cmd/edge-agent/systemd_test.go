@@ -99,7 +99,7 @@ func (n *notifySocket) count(prefix string) int {
 // but never ready.
 func TestSystemdNotifyProtocol(t *testing.T) {
 	bin := buildAgent(t)
-	run := func(model string) (*notifySocket, *exec.Cmd, *lockedLog) {
+	run := func(model string) (*notifySocket, *exec.Cmd, *testenv.LockedBuffer) {
 		n := listenNotify(t)
 		cfg := filepath.Join(t.TempDir(), "config.yaml")
 		os.WriteFile(cfg, []byte(`state_dir: `+t.TempDir()+`
@@ -111,7 +111,7 @@ models:
 `), 0o644)
 		cmd := exec.Command(bin, "run", "--config", cfg)
 		cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.path, "WATCHDOG_USEC=400000")
-		logs := &lockedLog{}
+		logs := &testenv.LockedBuffer{}
 		cmd.Stderr = logs
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

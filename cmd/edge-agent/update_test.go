@@ -129,7 +129,7 @@ models:
 // service runs exe as systemd would with Restart=on-failure (at most restarts times): the
 // test's stand-in for the service manager, which this machine does not run.
 type service struct {
-	logs   *lockedLog
+	logs   *testenv.LockedBuffer
 	starts chan int // process ids, one per start
 	n      atomic.Int32
 	done   chan struct{}
@@ -137,7 +137,7 @@ type service struct {
 
 func startService(t *testing.T, exe, cfg string, restarts int) *service {
 	t.Helper()
-	s := &service{logs: &lockedLog{}, starts: make(chan int, restarts+1), done: make(chan struct{})}
+	s := &service{logs: &testenv.LockedBuffer{}, starts: make(chan int, restarts+1), done: make(chan struct{})}
 	stop := make(chan struct{})
 	go func() {
 		defer close(s.done)
@@ -402,7 +402,7 @@ func TestSelfUpdateSurvivesSIGKILLDuringApply(t *testing.T) {
 		v := versionOf(t, exe)
 		seen[v]++
 		run := exec.Command(exe, "run", "--config", cfg)
-		logs := &lockedLog{}
+		logs := &testenv.LockedBuffer{}
 		run.Stderr = logs
 		if err := run.Start(); err != nil {
 			t.Fatal(err)

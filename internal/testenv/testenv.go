@@ -98,7 +98,7 @@ type Broker struct {
 	conf string
 	cmd  *exec.Cmd
 	t    testing.TB
-	log  lockedBuffer // the broker's log (log_dest stderr), across restarts
+	log  LockedBuffer // the broker's log (log_dest stderr), across restarts
 }
 
 // Mosquitto starts a real Mosquitto broker on a free loopback port with extra config lines
@@ -196,19 +196,19 @@ func (b *Broker) Resume() {
 // Log returns what the broker logged so far (all runs), for failure messages.
 func (b *Broker) Log() string { return b.log.String() }
 
-// lockedBuffer collects a process's output while tests read it.
-type lockedBuffer struct {
+// LockedBuffer collects a process's output while tests read it (safe for concurrent use).
+type LockedBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *LockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *LockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.String()
