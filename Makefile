@@ -39,7 +39,10 @@ cross:
 deb: cross
 	$(GO) run ./packaging/mkdeb --version '$(VERSION)' --arch amd64,arm64 --dist dist
 
+# gofmt, go vet (cgo, the GPU tag, and without cgo), and no committed build output
+# (scripts/check-tracked.sh: no executable or file over 1 MiB tracked outside testdata/).
 lint:
+	@scripts/check-tracked.sh
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(CGO_ENV) $(GO) vet ./...
 	$(CGO_ENV) $(GO) vet -tags tflite_gpu ./agent/infer/tflite

@@ -75,11 +75,10 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
-// start parses YAML (with @SHARED@ and @GOTFLITE@ replaced), builds and runs an agent.
+// start parses YAML (with @TESTDATA@ replaced by the testdata folder), builds and runs an agent.
 func start(t testing.TB, yml string) *running {
 	t.Helper()
-	yml = strings.ReplaceAll(yml, "@SHARED@", filepath.Dir(testenv.Shared(t, "mnist_model.tflite")))
-	yml = strings.ReplaceAll(yml, "@GOTFLITE@", filepath.Dir(filepath.Dir(testenv.GoTflite(t, "_example/sin/sin_model.tflite"))))
+	yml = strings.ReplaceAll(yml, "@TESTDATA@", testenv.DataDir(t))
 	cfg, err := config.Parse([]byte(yml), t.TempDir())
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -131,7 +130,7 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 func TestMNISTDigitsFromPNGFiles(t *testing.T) {
 	dir := t.TempDir()
 	for d := range 10 {
-		b, err := os.ReadFile(testenv.Shared(t, fmt.Sprintf("mnist_digit_%d.png", d)))
+		b, err := os.ReadFile(testenv.Data(t, fmt.Sprintf("mnist_digit_%d.png", d)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -142,7 +141,7 @@ sources:
   - {name: digits, kind: file, queue: 16, file: {path: `+dir+`, poll: 50ms}}
 models:
   - name: mnist
-    path: @SHARED@/mnist_model.tflite
+    path: @TESTDATA@/mnist_model.tflite
     sources: [digits]
     queue: 16
     input: {image: {resize: area, color: grey, std: [255]}}
@@ -167,15 +166,15 @@ models:
 func TestSSDDetectsPersonFromJPEG(t *testing.T) {
 	r := start(t, `
 sources:
-  - {name: cam, kind: file, file: {path: @SHARED@/ssd_example.jpg}}
+  - {name: cam, kind: file, file: {path: @TESTDATA@/ssd_example.jpg}}
 models:
   - name: ssd
-    path: @SHARED@/ssd_mobilenet_detect.tflite
+    path: @TESTDATA@/ssd_mobilenet_detect.tflite
     sources: [cam]
     input: {image: {resize: bilinear, color: rgb, mean: [127.5], std: [127.5]}}
     output:
       kind: detection
-      labels_file: @SHARED@/ssd_labelmap.txt
+      labels_file: @TESTDATA@/ssd_labelmap.txt
       label_offset: 1
       detection: {score_threshold: 0.5}
 `)
@@ -204,20 +203,20 @@ models:
 // sources at once, keep serving.
 func TestBadModelsDoNotStopTheOthers(t *testing.T) {
 	dir := t.TempDir()
-	good, _ := os.ReadFile(testenv.Shared(t, "mnist_model.tflite"))
+	good, _ := os.ReadFile(testenv.Data(t, "mnist_model.tflite"))
 	os.WriteFile(filepath.Join(dir, "truncated.tflite"), good[:len(good)/2], 0o644)
 	os.WriteFile(filepath.Join(dir, "random.tflite"), bytes.Repeat([]byte{0xA5, 0x17, 0x3C}, 5000), 0o644)
 	r := start(t, `
 sources:
   - {name: sweep, kind: synthetic, rate: 200, synthetic: {wave: sine, phase: true, offset: -3.14159}}
-  - {name: rows, kind: csv, rate: 200, csv: {path: @GOTFLITE@/iris/iris.csv, columns: [SepalLength, SepalWidth, PetalLength, PetalWidth], loop: true}}
+  - {name: rows, kind: csv, rate: 200, csv: {path: @TESTDATA@/iris.csv, columns: [SepalLength, SepalWidth, PetalLength, PetalWidth], loop: true}}
 models:
-  - {name: smartreply, path: @GOTFLITE@/smartreply/smartreply.tflite, sources: [sweep]}
+  - {name: smartreply, path: @TESTDATA@/smartreply.tflite, sources: [sweep]}
   - {name: truncated, path: `+dir+`/truncated.tflite, sources: [sweep]}
   - {name: random, path: `+dir+`/random.tflite, sources: [rows]}
   - {name: missing, path: `+dir+`/missing.tflite, sources: [rows]}
-  - {name: sin, path: @GOTFLITE@/sin/sin_model.tflite, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
-  - {name: iris, path: @GOTFLITE@/iris/iris.tflite, sources: [rows], output: {kind: classification, labels: [setosa, versicolor, virginica]}}
+  - {name: sin, path: @TESTDATA@/sin_model.tflite, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
+  - {name: iris, path: @TESTDATA@/iris.tflite, sources: [rows], output: {kind: classification, labels: [setosa, versicolor, virginica]}}
 `)
 	waitFor(t, "sin and iris results", func() bool {
 		return len(r.sink.byModel("sin")) >= 50 && len(r.sink.byModel("iris")) >= 50
@@ -263,7 +262,7 @@ sources:
   - {name: ipcam, kind: http, interval: 50ms, http: {url: `+srv.URL+`}}
   - {name: still, kind: file, file: {path: `+unreadable+`}}
 models:
-  - {name: sin, path: @GOTFLITE@/sin/sin_model.tflite, sources: [cmd, ipcam, still]}
+  - {name: sin, path: @TESTDATA@/sin_model.tflite, sources: [cmd, ipcam, still]}
 `)
 	waitFor(t, "the command and http sources to be restarted twice", func() bool {
 		restarted := 0
@@ -296,7 +295,7 @@ func TestShutdownIsCleanAndDrains(t *testing.T) {
 sources:
   - {name: sweep, kind: synthetic, rate: 500, synthetic: {wave: sine, phase: true, offset: -3.14159}}
 models:
-  - {name: sin, path: @GOTFLITE@/sin/sin_model.tflite, sources: [sweep], workers: 2}
+  - {name: sin, path: @TESTDATA@/sin_model.tflite, sources: [sweep], workers: 2}
 `)
 	waitFor(t, "some results", func() bool { return len(r.sink.byModel("sin")) >= 20 })
 	r.once.Do(func() {

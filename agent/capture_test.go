@@ -72,7 +72,7 @@ func TestCaptureUploadsSamples(t *testing.T) {
 	k := mqtttest.NewConsumer(t, broker.URL, "edge/+/samples")
 	digits := t.TempDir()
 	for d := range 10 {
-		b, err := os.ReadFile(testenv.Shared(t, fmt.Sprintf("mnist_digit_%d.png", d)))
+		b, err := os.ReadFile(testenv.Data(t, fmt.Sprintf("mnist_digit_%d.png", d)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -86,9 +86,9 @@ sources:
   - {name: sweep, kind: synthetic, rate: 200, synthetic: {wave: sine, phase: true, offset: -3.14159}}
   - {name: digits, kind: file, queue: 16, file: {path: %s, poll: 50ms}}
 models:
-  - {name: sin, path: @GOTFLITE@/sin/sin_model.tflite, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
+  - {name: sin, path: @TESTDATA@/sin_model.tflite, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
   - name: mnist
-    path: @SHARED@/mnist_model.tflite
+    path: @TESTDATA@/mnist_model.tflite
     sources: [digits]
     queue: 16
     input: {image: {resize: area, color: grey, std: [255]}}
@@ -122,7 +122,7 @@ models:
 	con.send("edge/cap-1/cmd", con.cmd("c-mnist", "capture", `{"model":"mnist","count":3}`))
 	// The file source reads each picture once: write them again so there are frames to take.
 	for d := range 10 {
-		b, _ := os.ReadFile(testenv.Shared(t, fmt.Sprintf("mnist_digit_%d.png", d)))
+		b, _ := os.ReadFile(testenv.Data(t, fmt.Sprintf("mnist_digit_%d.png", d)))
 		os.WriteFile(filepath.Join(digits, fmt.Sprintf("again_%d.png", d)), b, 0o644)
 	}
 	if rs := con.final("c-mnist"); rs[len(rs)-1]["status"] != "done" {

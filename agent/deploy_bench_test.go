@@ -107,7 +107,7 @@ models:
   - {name: ssd, workers: 1}
 `, f.Pub.String(), state))
 	ctx := context.Background()
-	ssd := testenv.Shared(b, "ssd_mobilenet_detect.tflite")
+	ssd := testenv.Data(b, "ssd_mobilenet_detect.tflite")
 	proc := spec.Model{Input: spec.Input{Image: spec.Image{Mean: []float64{127.5}, Std: []float64{127.5}}}, Output: spec.Output{Kind: spec.OutputDetection}}
 	for i, v := range []string{"1.0.0", "2.0.0"} {
 		path := f.Pack(b, bundleOpt{Name: "ssd", Version: v, Seq: uint64(i + 1), ModelPath: ssd, Proc: proc, Golden: 1})

@@ -261,7 +261,7 @@ models:
   - {name: iris, sources: [petals]}
 `, f.Pub.String(), state))
 	ctx := context.Background()
-	iris := testenv.GoTflite(t, "_example/iris/iris.tflite")
+	iris := testenv.Data(t, "iris.tflite")
 	good := spec.Model{Output: spec.Output{Kind: spec.OutputClassification}}
 	if _, err := r.a.Deploy().InstallFile(ctx, f.Pack(t, bundleOpt{Name: "iris", Version: "1.0.0", Seq: 1, ModelPath: iris, Proc: good})); err != nil {
 		t.Fatal(err)

@@ -47,7 +47,7 @@ func BenchmarkDriftOverhead(b *testing.B) {
 	}{
 		{
 			name:  "mnist",
-			model: testenv.Shared(b, "mnist_model.tflite"),
+			model: testenv.Data(b, "mnist_model.tflite"),
 			spec: spec.Model{
 				Input:  spec.Input{Image: spec.Image{Resize: spec.ResizeArea, Color: "grey", Std: []float64{255}}},
 				Output: spec.Output{Kind: spec.OutputClassification, Classification: spec.Classification{TopK: 3}},
@@ -55,7 +55,7 @@ func BenchmarkDriftOverhead(b *testing.B) {
 			frames: func(b *testing.B) []sensor.Frame {
 				var fs []sensor.Frame
 				for d := range 10 {
-					p := testenv.Shared(b, "mnist_digit_"+string(rune('0'+d))+".png")
+					p := testenv.Data(b, "mnist_digit_"+string(rune('0'+d))+".png")
 					data, err := os.ReadFile(p)
 					if err != nil {
 						b.Fatal(err)
@@ -71,7 +71,7 @@ func BenchmarkDriftOverhead(b *testing.B) {
 		},
 		{
 			name:  "sin",
-			model: testenv.GoTflite(b, "_example/sin/sin_model.tflite"),
+			model: testenv.Data(b, "sin_model.tflite"),
 			spec:  spec.Model{Output: spec.Output{Kind: spec.OutputRegression, Regression: spec.Regression{Names: []string{"y"}}}},
 			frames: func(b *testing.B) []sensor.Frame {
 				rng := rand.New(rand.NewPCG(1, 1))

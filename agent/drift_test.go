@@ -92,7 +92,7 @@ sequence: 1
 model: %s
 samples: ref.csv
 processing: {output: {kind: regression, regression: {names: [y]}}}
-`, testenv.GoTflite(t, "_example/sin/sin_model.tflite"))), 0o644)
+`, testenv.Data(t, "sin_model.tflite"))), 0o644)
 	bundlePath := filepath.Join(dir, "sin-1.0.0.tar.gz")
 	if out := ctl("bundle", "pack", "--spec", filepath.Join(dir, "bundle.yaml"), "--key", filepath.Join(dir, "fleet.key"), "-o", bundlePath); !strings.Contains(out, "reference from 2000 samples") {
 		t.Fatalf("edgectl bundle pack: %s; want a reference from 2000 samples", out)
@@ -234,10 +234,10 @@ func TestDriftPathModelOutputsOnly(t *testing.T) {
 state_dir: %s
 drift: {enabled: %s, window: 50}
 sources:
-  - {name: digit, kind: file, rate: 400, file: {path: @SHARED@/mnist_digit_4.png, loop: true}}
+  - {name: digit, kind: file, rate: 400, file: {path: @TESTDATA@/mnist_digit_4.png, loop: true}}
 models:
   - name: mnist
-    path: @SHARED@/mnist_model.tflite
+    path: @TESTDATA@/mnist_model.tflite
     sources: [digit]
     input: {image: {resize: area, color: grey, std: [255]}}
     output: {kind: classification, classification: {top_k: 1}}

@@ -45,7 +45,7 @@ sources:
   - {name: sweep, kind: synthetic, rate: 200, synthetic: {wave: sine, phase: true, offset: -3.14159}}
   - {name: broken, kind: command, command: {argv: ["false"], format: ndjson}}
 models:
-  - {name: sin, path: @GOTFLITE@/sin/sin_model.tflite, sources: [sweep, broken], output: {kind: regression, regression: {names: [y]}}}
+  - {name: sin, path: @TESTDATA@/sin_model.tflite, sources: [sweep, broken], output: {kind: regression, regression: {names: [y]}}}
 `, broker.URL))
 	mqtttest.WaitFor(t, 20*time.Second, "100 results at the broker", func() bool { return sub.Count("results", "fleet-1") >= 100 })
 	mqtttest.WaitFor(t, 20*time.Second, "the failing source's health event", func() bool {
@@ -116,7 +116,7 @@ outbox: {max_results: 500, policy: drop-oldest}
 sources:
   - {name: sweep, kind: synthetic, rate: 3000, synthetic: {wave: sine, phase: true, offset: -3.14159, count: %d}}
 models:
-  - {name: sin, path: @GOTFLITE@/sin/sin_model.tflite, sources: [sweep], queue: 10000, output: {kind: regression, regression: {names: [y]}}}
+  - {name: sin, path: @TESTDATA@/sin_model.tflite, sources: [sweep], queue: 10000, output: {kind: regression, regression: {names: [y]}}}
 `, broker.URL, frames))
 	mqtttest.WaitFor(t, 30*time.Second, "every frame processed", func() bool {
 		st := r.a.Pipeline().Stats()
@@ -190,7 +190,7 @@ mqtt: {broker: %s, batch_wait: 10ms, batch_max: %d, in_flight: %d, backoff_min: 
 sources:
   - {name: sweep, kind: synthetic, rate: 1000, synthetic: {wave: sine, phase: true, offset: -3.14159}}
 models:
-  - {name: sin, path: @GOTFLITE@/sin/sin_model.tflite, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
+  - {name: sin, path: @TESTDATA@/sin_model.tflite, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
 `, broker.URL, batchMax, inFlight))
 	for i := range outages {
 		before := sub.Count("results", "fleet-3")
@@ -240,7 +240,7 @@ state_dir: `+state+`
 sources:
   - {name: sweep, kind: synthetic, rate: 200, synthetic: {wave: sine, phase: true, offset: -3.14159}}
 models:
-  - {name: sin, path: @GOTFLITE@/sin/sin_model.tflite, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
+  - {name: sin, path: @TESTDATA@/sin_model.tflite, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
 `)
 	waitFor(t, "results stored in the new outbox", func() bool { return len(r.sink.byModel("sin")) >= 10 })
 	c, ok := r.a.Health().Get("outbox-damaged")

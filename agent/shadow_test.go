@@ -38,7 +38,7 @@ func TestShadowFiguresForTwoKnownModels(t *testing.T) {
 			Output: spec.Output{Kind: spec.OutputClassification, Classification: spec.Classification{TopK: 10}},
 		}
 	}
-	mnist := testenv.Shared(t, "mnist_model.tflite")
+	mnist := testenv.Data(t, "mnist_model.tflite")
 	v1 := f.Pack(t, bundletest.Opt{Name: "digits", Version: "1.0.0", Seq: 1, ModelPath: mnist, Proc: proc(false)})
 	v2 := f.Pack(t, bundletest.Opt{Name: "digits", Version: "2.0.0", Seq: 2, ModelPath: mnist, Proc: proc(true)})
 	files := http.NewServeMux()
@@ -84,7 +84,7 @@ models:
 		t.Helper()
 		mark := len(r.sink.byModel("digits"))
 		for d := range 10 {
-			b, err := os.ReadFile(testenv.Shared(t, fmt.Sprintf("mnist_digit_%d.png", d)))
+			b, err := os.ReadFile(testenv.Data(t, fmt.Sprintf("mnist_digit_%d.png", d)))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -21,10 +21,10 @@ import (
 
 const statusModel = `
 sources:
-  - {name: digit, kind: file, rate: 20, file: {path: @SHARED@/mnist_digit_5.png, loop: true}}
+  - {name: digit, kind: file, rate: 20, file: {path: @TESTDATA@/mnist_digit_5.png, loop: true}}
 models:
   - name: mnist
-    path: @SHARED@/mnist_model.tflite
+    path: @TESTDATA@/mnist_model.tflite
     sources: [digit]
     input: {image: {resize: area, color: grey, std: [255]}}
     output: {kind: classification}

@@ -435,8 +435,8 @@ func checkAgentRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	model, digit := filepath.Join(dir, "mnist.tflite"), filepath.Join(dir, "digit7.png")
-	copyFile(t, testenv.Shared(t, "mnist_model.tflite"), model)
-	copyFile(t, testenv.Shared(t, "mnist_digit_7.png"), digit)
+	copyFile(t, testenv.Data(t, "mnist_model.tflite"), model)
+	copyFile(t, testenv.Data(t, "mnist_digit_7.png"), digit)
 	var r struct {
 		Model   string      `json:"model"`
 		Outputs [][]float64 `json:"outputs"`

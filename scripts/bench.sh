@@ -29,8 +29,8 @@ prefix=$(scripts/tflite-prefix.sh)
 export CGO_ENABLED=1 CGO_CFLAGS="-I$prefix/include" CGO_LDFLAGS="-L$prefix/lib -Wl,-rpath,$prefix/lib"
 out=.bench
 mkdir -p "$out"
-shared=$(cd .. && pwd)/shared/testdata
-[ -d "$shared" ] || { echo "bench: $shared is missing (the shared test data beside the checkout)" >&2; exit 1; }
+td=$here/testdata
+[ -f "$td/ssd_mobilenet_detect.tflite" ] || { echo "bench: $td/ssd_mobilenet_detect.tflite is missing: it is part of the repository (git checkout -- testdata)" >&2; exit 1; }
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(date -u +%Y-%m-%d) =="
 echo "== 1. pipeline vs bare go-tflite invoke (same decoded frame, interleaved, XNNPACK, 2 threads) =="
@@ -53,13 +53,13 @@ state_dir: $PWD/$out/state
 stdout: false
 log: {level: warn}
 sources:
-  - {name: cam, kind: file, rate: 10, file: {path: $shared/ssd_example.jpg, loop: true}}
+  - {name: cam, kind: file, rate: 10, file: {path: $td/ssd_example.jpg, loop: true}}
 models:
   - name: ssd
-    path: $shared/ssd_mobilenet_detect.tflite
+    path: $td/ssd_mobilenet_detect.tflite
     sources: [cam]
     input: {image: {mean: [127.5], std: [127.5]}}
-    output: {kind: detection, labels_file: $shared/ssd_labelmap.txt, label_offset: 1}
+    output: {kind: detection, labels_file: $td/ssd_labelmap.txt, label_offset: 1}
 YAML
 cat > "$out/idle.yaml" <<YAML
 device: bench
@@ -67,7 +67,7 @@ state_dir: $PWD/$out/state
 stdout: false
 log: {level: warn}
 sources:
-  - {name: cam, kind: file, rate: 10, file: {path: $shared/ssd_example.jpg, loop: true}}
+  - {name: cam, kind: file, rate: 10, file: {path: $td/ssd_example.jpg, loop: true}}
 YAML
 peak() { # config seconds → peak RSS in kB
   ./bin/edge-agent run --config "$1" >/dev/null 2>"$out/$(basename "$1" .yaml).log" &

@@ -389,7 +389,7 @@ func TestJSON(t *testing.T) {
 // TestRealSSDLabelMap reads the COCO label map the SSD model ships with: class 0 is
 // "person" with label_offset 1 because line 0 is "???".
 func TestRealSSDLabelMap(t *testing.T) {
-	dir := testenv.SharedDir(t)
+	dir := testenv.DataDir(t)
 	read := func(name string) ([]byte, error) { return os.ReadFile(filepath.Join(dir, name)) }
 	p, err := New(spec.Output{Kind: spec.OutputDetection, LabelsFile: "ssd_labelmap.txt", LabelOffset: 1}, ssdOutputs(10), read)
 	if err != nil {

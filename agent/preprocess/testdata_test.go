@@ -13,7 +13,7 @@ import (
 
 func decodeTestImage(t testing.TB, name string) image.Image {
 	t.Helper()
-	f, err := os.Open(filepath.Join(testenv.SharedDir(t), name))
+	f, err := os.Open(filepath.Join(testenv.DataDir(t), name))
 	if err != nil {
 		t.Fatalf("open test image: %v", err)
 	}

@@ -200,8 +200,8 @@ device: pi-kitchen-01
 mqtt: {broker: `+broker.URL+`}
 drift: {enabled: true, window: 50}
 sources:
-  - {name: digits, kind: file, rate: 8, file: {path: @SHARED@/mnist_digit_3.png, loop: true}}
-  - {name: camera, kind: file, rate: 1, file: {path: @SHARED@/ssd_example.jpg, loop: true}}
+  - {name: digits, kind: file, rate: 8, file: {path: @TESTDATA@/mnist_digit_3.png, loop: true}}
+  - {name: camera, kind: file, rate: 1, file: {path: @TESTDATA@/ssd_example.jpg, loop: true}}
 models:`+strings.Replace(mnistModel, "workers: 2", "workers: 2\n    sources: [digits]", 1)+
 		strings.Replace(ssdModel, "name: ssd", "name: ssd\n    sources: [camera]", 1))
 

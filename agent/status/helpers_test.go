@@ -31,17 +31,17 @@ import (
 const (
 	mnistModel = `
   - name: mnist
-    path: @SHARED@/mnist_model.tflite
+    path: @TESTDATA@/mnist_model.tflite
     workers: 2
     input: {image: {resize: area, color: grey, std: [255]}}
     output: {kind: classification, classification: {top_k: 3}}`
 	ssdModel = `
   - name: ssd
-    path: @SHARED@/ssd_mobilenet_detect.tflite
+    path: @TESTDATA@/ssd_mobilenet_detect.tflite
     input: {image: {resize: bilinear, color: rgb, mean: [127.5], std: [127.5]}}
     output:
       kind: detection
-      labels_file: @SHARED@/ssd_labelmap.txt
+      labels_file: @TESTDATA@/ssd_labelmap.txt
       label_offset: 1
       detection: {score_threshold: 0.3}`
 )
@@ -67,13 +67,13 @@ type running struct {
 	client *http.Client // its own connections, closed when the test ends
 }
 
-// startAgent builds and runs an agent from YAML (@SHARED@ is the shared test data folder,
+// startAgent builds and runs an agent from YAML (@TESTDATA@ is the repository's testdata folder,
 // @LISTEN@ a free loopback address; without a status block the server listens there) and
 // waits until its status server answers /healthz.
 func startAgent(t testing.TB, yml string) *running {
 	t.Helper()
 	listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	yml = strings.ReplaceAll(yml, "@SHARED@", filepath.Dir(testenv.Shared(t, "mnist_model.tflite")))
+	yml = strings.ReplaceAll(yml, "@TESTDATA@", testenv.DataDir(t))
 	yml = strings.ReplaceAll(yml, "@LISTEN@", listen)
 	if !strings.Contains(yml, "\nstatus:") && !strings.HasPrefix(yml, "status:") {
 		yml += "\nstatus: {listen: " + listen + "}\n"

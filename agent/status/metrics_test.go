@@ -21,7 +21,7 @@ func digitsDir(t testing.TB) string {
 	dir := t.TempDir()
 	for d := range 10 {
 		name := fmt.Sprintf("mnist_digit_%d.png", d)
-		b, err := os.ReadFile(testenv.Shared(t, name))
+		b, err := os.ReadFile(testenv.Data(t, name))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -49,7 +49,7 @@ type columnAnswer struct {
 // decoded reads a shared test file the way the file source does.
 func decoded(t testing.TB, name string) (sensor.Frame, []byte) {
 	t.Helper()
-	data, err := os.ReadFile(testenv.Shared(t, name))
+	data, err := os.ReadFile(testenv.Data(t, name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +206,7 @@ func TestPredictRefusesBadRequests(t *testing.T) {
 	os.WriteFile(broken, []byte("not a model"), 0o644)
 	r := startAgent(t, "models:"+mnistModel+ssdModel+`
   - name: pictures
-    path: @SHARED@/mnist_model.tflite
+    path: @TESTDATA@/mnist_model.tflite
     input: {kind: image, image: {resize: area, color: grey, std: [255]}}
   - {name: broken, path: `+broken+`}`)
 	zeros := func(n int) string { return "[" + strings.TrimSuffix(strings.Repeat("0,", n), ",") + "]" }

@@ -111,7 +111,7 @@ func TestLiveStream(t *testing.T) {
 	testenv.NoGoroutineLeaks(t)
 	r := startAgent(t, `
 sources:
-  - {name: digit, kind: file, rate: 20, file: {path: @SHARED@/mnist_digit_4.png, loop: true}}
+  - {name: digit, kind: file, rate: 20, file: {path: @TESTDATA@/mnist_digit_4.png, loop: true}}
 models:`+strings.Replace(mnistModel, "workers: 2", "workers: 2\n    sources: [digit]", 1))
 	type update struct {
 		Models []struct {

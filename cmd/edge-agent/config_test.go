@@ -102,7 +102,7 @@ mqtt: {broker: `+broker.URL+`, backoff_min: 50ms, backoff_max: 200ms}
 sources:
   - {name: sweep, kind: synthetic, rate: 50, synthetic: {wave: sine, phase: true, offset: -3.14159}}
 models:
-  - {name: sin, path: `+testenv.GoTflite(t, "_example/sin/sin_model.tflite")+`, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
+  - {name: sin, path: `+testenv.Data(t, "sin_model.tflite")+`, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
 `), 0o644)
 	k := newCfgConsole(t, broker.URL, "cfg-1")
 	startAgent := func() (*exec.Cmd, *testenv.LockedBuffer) {

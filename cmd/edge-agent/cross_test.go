@@ -125,7 +125,7 @@ func TestCrossArm64MatchesAmd64(t *testing.T) {
 	t.Run("auto delegate", func(t *testing.T) {
 		for _, b := range []crossBuild{arm, amd} {
 			var info struct{ Delegate, Runtime string }
-			out := b.run(t, "edge-agent", "inspect", "--json", "--delegate", "auto", testenv.Shared(t, "mnist_model.tflite"))
+			out := b.run(t, "edge-agent", "inspect", "--json", "--delegate", "auto", testenv.Data(t, "mnist_model.tflite"))
 			if err := json.Unmarshal([]byte(out), &info); err != nil {
 				t.Fatalf("inspect: %v\n%s", err, out)
 			}
@@ -142,8 +142,8 @@ func TestCrossArm64MatchesAmd64(t *testing.T) {
 	//   - MNIST scores are softmax outputs, whose relative error is the absolute error of the
 	//     logits: relative difference ≤ 1e-4, which is still orders of magnitude below what a
 	//     wrong layout, input or kernel would give.
-	gt := testenv.GoTflite(t, "_example/sin/sin_model.tflite")
-	mnist, digitDir := testenv.Shared(t, "mnist_model.tflite"), testenv.SharedDir(t)
+	gt := testenv.Data(t, "sin_model.tflite")
+	mnist, digitDir := testenv.Data(t, "mnist_model.tflite"), testenv.DataDir(t)
 	spec := filepath.Join(t.TempDir(), "mnist.yaml")
 	if err := os.WriteFile(spec, []byte("input: {image: {resize: area, color: grey, std: [255]}}\noutput: {kind: classification, classification: {top_k: 10}}\n"), 0o644); err != nil {
 		t.Fatal(err)

@@ -28,8 +28,8 @@ func cli(t *testing.T, args ...string) (code int, stdout, stderr string) {
 func TestPredictMNISTJSON(t *testing.T) {
 	spec := filepath.Join(t.TempDir(), "mnist.yaml")
 	os.WriteFile(spec, []byte("input: {image: {resize: area, color: grey, std: [255]}}\noutput: {kind: classification, classification: {top_k: 3}}\n"), 0o644)
-	code, out, errOut := cli(t, "predict", "--model", testenv.Shared(t, "mnist_model.tflite"),
-		"--input", testenv.Shared(t, "mnist_digit_7.png"), "--spec", spec, "--json")
+	code, out, errOut := cli(t, "predict", "--model", testenv.Data(t, "mnist_model.tflite"),
+		"--input", testenv.Data(t, "mnist_digit_7.png"), "--spec", spec, "--json")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
@@ -46,10 +46,10 @@ func TestPredictSSDText(t *testing.T) {
 	dir := t.TempDir()
 	spec := filepath.Join(dir, "ssd.yaml")
 	os.WriteFile(spec, []byte(`input: {image: {mean: [127.5], std: [127.5]}}
-output: {kind: detection, labels_file: `+testenv.Shared(t, "ssd_labelmap.txt")+`, label_offset: 1}
+output: {kind: detection, labels_file: `+testenv.Data(t, "ssd_labelmap.txt")+`, label_offset: 1}
 `), 0o644)
-	code, out, errOut := cli(t, "predict", "--model", testenv.Shared(t, "ssd_mobilenet_detect.tflite"),
-		"--input", testenv.Shared(t, "ssd_example.jpg"), "--spec", spec)
+	code, out, errOut := cli(t, "predict", "--model", testenv.Data(t, "ssd_mobilenet_detect.tflite"),
+		"--input", testenv.Data(t, "ssd_example.jpg"), "--spec", spec)
 	if code != 0 || !strings.Contains(out, "person") {
 		t.Fatalf("exit %d, stdout %q, stderr %q; want a person", code, out, errOut)
 	}
@@ -58,8 +58,8 @@ output: {kind: detection, labels_file: `+testenv.Shared(t, "ssd_labelmap.txt")+`
 // With no spec, a quantised uint8 input is fed the pixel bytes as they are (its own scale and
 // zero point say so), and the raw outputs already hold a confident detection.
 func TestPredictQuantisedImageWithoutSpec(t *testing.T) {
-	code, out, errOut := cli(t, "predict", "--model", testenv.Shared(t, "ssd_mobilenet_detect.tflite"),
-		"--input", testenv.Shared(t, "ssd_example.jpg"), "--json")
+	code, out, errOut := cli(t, "predict", "--model", testenv.Data(t, "ssd_mobilenet_detect.tflite"),
+		"--input", testenv.Data(t, "ssd_example.jpg"), "--json")
 	var r result.Result
 	if code != 0 || json.Unmarshal([]byte(out), &r) != nil || len(r.Outputs) != 4 {
 		t.Fatalf("exit %d out %q err %q", code, out, errOut)
@@ -72,7 +72,7 @@ func TestPredictQuantisedImageWithoutSpec(t *testing.T) {
 func TestPredictNumbersFromJSON(t *testing.T) {
 	in := filepath.Join(t.TempDir(), "x.json")
 	os.WriteFile(in, []byte("[[1, 0]]"), 0o644)
-	code, out, errOut := cli(t, "predict", "--model", testenv.GoTflite(t, "testdata/xor_model.tflite"), "--input", in, "--json")
+	code, out, errOut := cli(t, "predict", "--model", testenv.Data(t, "xor_model.tflite"), "--input", in, "--json")
 	var r result.Result
 	if code != 0 || json.Unmarshal([]byte(out), &r) != nil || len(r.Outputs) != 1 || r.Outputs[0][0] < 0.5 {
 		t.Fatalf("exit %d out %q err %q; want xor(1,0) > 0.5", code, out, errOut)
@@ -88,9 +88,9 @@ func TestPredictErrors(t *testing.T) {
 		want string
 	}{
 		{[]string{"predict"}, 2, "--model and --input are required"},
-		{[]string{"predict", "--model", bad, "--input", testenv.Shared(t, "mnist_digit_1.png")}, 1, "not a valid TensorFlow Lite model"},
-		{[]string{"predict", "--model", testenv.Shared(t, "mnist_model.tflite"), "--input", testenv.Shared(t, "ssd_labelmap.txt")}, 1, "not a PNG, JPEG or .npy"},
-		{[]string{"predict", "--model", testenv.Shared(t, "mnist_model.tflite"), "--input", testenv.Shared(t, "mnist_digit_1.png"), "--delegate", "tpu"}, 1, "unknown delegate"},
+		{[]string{"predict", "--model", bad, "--input", testenv.Data(t, "mnist_digit_1.png")}, 1, "not a valid TensorFlow Lite model"},
+		{[]string{"predict", "--model", testenv.Data(t, "mnist_model.tflite"), "--input", testenv.Data(t, "ssd_labelmap.txt")}, 1, "not a PNG, JPEG or .npy"},
+		{[]string{"predict", "--model", testenv.Data(t, "mnist_model.tflite"), "--input", testenv.Data(t, "mnist_digit_1.png"), "--delegate", "tpu"}, 1, "unknown delegate"},
 		{[]string{"frobnicate"}, 2, "unknown command"},
 		{[]string{"run", "--config", "/nonexistent/config.yaml"}, 1, "no such file"},
 	} {
@@ -102,7 +102,7 @@ func TestPredictErrors(t *testing.T) {
 }
 
 func TestInspectJSON(t *testing.T) {
-	code, out, errOut := cli(t, "inspect", "--json", testenv.Shared(t, "ssd_mobilenet_detect.tflite"))
+	code, out, errOut := cli(t, "inspect", "--json", testenv.Data(t, "ssd_mobilenet_detect.tflite"))
 	var info struct {
 		Inputs []struct {
 			DType string `json:"dtype"`
@@ -142,7 +142,7 @@ state_dir: `+t.TempDir()+`
 sources:
   - {name: sweep, kind: synthetic, rate: 100, synthetic: {wave: sine, phase: true, offset: -3.14159}}
 models:
-  - {name: sin, path: `+testenv.GoTflite(t, "_example/sin/sin_model.tflite")+`, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
+  - {name: sin, path: `+testenv.Data(t, "sin_model.tflite")+`, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
 `), 0o644)
 	cmd := exec.Command(bin, "run", "--config", cfg)
 	var stderr bytes.Buffer

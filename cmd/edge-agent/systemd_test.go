@@ -120,7 +120,7 @@ models:
 		return n, cmd, logs
 	}
 
-	n, cmd, logs := run(testenv.GoTflite(t, "_example/sin/sin_model.tflite"))
+	n, cmd, logs := run(testenv.Data(t, "sin_model.tflite"))
 	mqtttest.WaitFor(t, 20*time.Second, "READY=1", func() bool { return n.count("READY=1") == 1 })
 	if !strings.Contains(logs.String(), `msg="model loaded"`) {
 		t.Errorf("READY=1 came before the model loaded:\n%s", logs)

@@ -121,7 +121,7 @@ trusted_keys: ["`+k.pub.String()+`"]
 `+mqttLine+extra+`sources:
   - {name: sweep, kind: synthetic, rate: 50, synthetic: {wave: sine, phase: true, offset: -3.14159}}
 models:
-  - {name: sin, path: `+testenv.GoTflite(t, "_example/sin/sin_model.tflite")+`, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
+  - {name: sin, path: `+testenv.Data(t, "sin_model.tflite")+`, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
 `), 0o644)
 	return cfg
 }

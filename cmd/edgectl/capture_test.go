@@ -24,7 +24,7 @@ func TestCaptureAndConfig(t *testing.T) {
 	for _, dev := range []string{"cap-a", "cap-b"} {
 		digits := t.TempDir()
 		for d := range 10 {
-			b, err := os.ReadFile(testenv.Shared(t, fmt.Sprintf("mnist_digit_%d.png", d)))
+			b, err := os.ReadFile(testenv.Data(t, fmt.Sprintf("mnist_digit_%d.png", d)))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -43,7 +43,7 @@ models:
     queue: 16
     input: {image: {resize: area, color: grey, std: [255]}}
     output: {kind: classification, classification: {top_k: 1}}
-`, dev, t.TempDir(), broker.URL, digits, testenv.Shared(t, "mnist_model.tflite")))
+`, dev, t.TempDir(), broker.URL, digits, testenv.Data(t, "mnist_model.tflite")))
 		eventually(t, dev+" online", func() bool { return strings.Contains(fmt.Sprint(a.FleetStats()["mqtt"]), "online") })
 		// Pictures keep coming: a writer adds a copy every so often until the test ends.
 		stop := make(chan struct{})
@@ -51,7 +51,7 @@ models:
 		t.Cleanup(func() { close(stop); <-done })
 		go func() {
 			defer close(done)
-			src, _ := os.ReadFile(testenv.Shared(t, "mnist_digit_3.png"))
+			src, _ := os.ReadFile(testenv.Data(t, "mnist_digit_3.png"))
 			for i := 0; ; i++ {
 				select {
 				case <-stop:

@@ -148,14 +148,14 @@ func inspectJSON(t *testing.T, path string) bundle.Manifest {
 // digits) in dir, packs it to out and returns the spec's model and labels paths.
 func packMNIST(t *testing.T, dir, key, out string) (model, labels string) {
 	t.Helper()
-	model = testenv.Shared(t, "mnist_model.tflite")
+	model = testenv.Data(t, "mnist_model.tflite")
 	samples := filepath.Join(dir, "samples")
 	if err := os.Mkdir(samples, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for d := range 10 {
 		name := "mnist_digit_" + strconv.Itoa(d) + ".png"
-		b, err := os.ReadFile(testenv.Shared(t, name))
+		b, err := os.ReadFile(testenv.Data(t, name))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -190,7 +190,7 @@ processing:
 // irisCSV is go-tflite's iris example data: a header row, four numbers and the species.
 func irisCSV(t *testing.T) (path string, header []string, rows [][]float64) {
 	t.Helper()
-	path = testenv.GoTflite(t, "_example/iris/iris.csv")
+	path = testenv.Data(t, "iris.csv")
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
@@ -224,7 +224,7 @@ func packIris(t *testing.T, dir, key, out, input string) {
 	y := `name: iris
 version: 0.3.0
 sequence: 2
-model: ` + testenv.GoTflite(t, "_example/iris/iris.tflite") + `
+model: ` + testenv.Data(t, "iris.tflite") + `
 samples: ` + csvPath + `
 processing:
 `
@@ -520,7 +520,7 @@ func TestPackIrisCSV(t *testing.T) {
 	dir := t.TempDir()
 	prefix, id := keygen(t, dir, "k")
 	_, header, rows := irisCSV(t)
-	model := testenv.GoTflite(t, "_example/iris/iris.tflite")
+	model := testenv.Data(t, "iris.tflite")
 
 	colMean := func(c int) float64 {
 		var s float64
@@ -743,7 +743,7 @@ func TestVerifyFailures(t *testing.T) {
 	}
 
 	t.Run("tampered model", func(t *testing.T) {
-		model, err := os.ReadFile(testenv.GoTflite(t, "_example/iris/iris.tflite"))
+		model, err := os.ReadFile(testenv.Data(t, "iris.tflite"))
 		if err != nil {
 			t.Fatal(err)
 		}

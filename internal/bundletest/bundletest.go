@@ -60,7 +60,7 @@ func (f *Fleet) Pack(t testing.TB, o Opt) string {
 		o.Name = "sin"
 	}
 	if o.ModelPath == "" {
-		o.ModelPath = testenv.GoTflite(t, "_example/sin/sin_model.tflite")
+		o.ModelPath = testenv.Data(t, "sin_model.tflite")
 	}
 	if o.Proc.Output.Kind == "" && o.Proc.Input.Kind == "" {
 		o.Proc = SinProcessing

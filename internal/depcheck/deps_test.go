@@ -161,7 +161,7 @@ func TestNoCgoBinarySaysNoEngine(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "no inference engine") {
 		t.Errorf("version: %v\n%s\nwant it to say there is no inference engine", err, out)
 	}
-	out, err = exec.Command(bin, "predict", "--model", "m.tflite", "--input", testenv.Shared(t, "mnist_digit_1.png")).CombinedOutput()
+	out, err = exec.Command(bin, "predict", "--model", "m.tflite", "--input", testenv.Data(t, "mnist_digit_1.png")).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "no inference engine in this build") || !strings.Contains(string(out), "CGO_ENABLED=1") {
 		t.Errorf("predict: %v\n%s\nwant a failure saying how to get an engine", err, out)
 	}

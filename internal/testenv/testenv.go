@@ -1,6 +1,6 @@
-// Package testenv finds the real test inputs the project's tests use: the shared test data
-// beside the repository (../shared/testdata) and the example models shipped in the pinned
-// go-tflite module. A missing input fails the test with what to do; it never skips.
+// Package testenv finds the real test inputs the project's tests use (the repository's own
+// testdata folder) and starts the real processes they talk to (Mosquitto). A missing input or
+// program fails the test with what to do; it never skips.
 package testenv
 
 import (
@@ -35,47 +35,25 @@ func Root(t testing.TB) string {
 	}
 }
 
-// SharedDir returns ../shared/testdata beside the repository, failing the test when it is
-// absent: skipping would hide that CI lost its fixtures.
-func SharedDir(t testing.TB) string {
+// DataDir returns the repository's testdata folder (real models and inputs, each listed with
+// its origin and licence in testdata/README.md), failing the test when it is absent: skipping
+// would hide that a checkout lost its fixtures.
+func DataDir(t testing.TB) string {
 	t.Helper()
-	d := filepath.Join(Root(t), "..", "shared", "testdata")
+	d := filepath.Join(Root(t), "testdata")
 	if st, err := os.Stat(d); err != nil || !st.IsDir() {
-		t.Fatalf("test data folder %s is missing: the tests read ../shared/testdata beside the repository checkout (see its README.md)", d)
+		t.Fatalf("test data folder %s is missing: it is part of the repository; restore it with `git checkout -- testdata`", d)
 	}
 	return d
 }
 
-// Shared returns the path of a file in ../shared/testdata, failing the test when it is absent.
-func Shared(t testing.TB, name string) string {
+// Data returns the path of a file in the repository's testdata folder, failing the test when
+// it is absent.
+func Data(t testing.TB, name string) string {
 	t.Helper()
-	p := filepath.Join(SharedDir(t), name)
+	p := filepath.Join(DataDir(t), name)
 	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("test data %s is missing (%v): the tests read ../shared/testdata beside the repository checkout", p, err)
-	}
-	return p
-}
-
-// GoTflite returns the path of a file inside the pinned github.com/mattn/go-tflite module
-// (its example models), downloading the module through the Go module proxy if needed.
-func GoTflite(t testing.TB, rel string) string {
-	t.Helper()
-	cmd := exec.Command("go", "mod", "download", "-json", "github.com/mattn/go-tflite@v1.0.5")
-	cmd.Dir = Root(t)
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("go mod download github.com/mattn/go-tflite@v1.0.5: %v (the module proxy must be reachable)", err)
-	}
-	const key = `"Dir": "`
-	i := strings.Index(string(out), key)
-	if i < 0 {
-		t.Fatalf("go mod download gave no Dir: %s", out)
-	}
-	dir := string(out[i+len(key):])
-	dir = dir[:strings.Index(dir, `"`)]
-	p := filepath.Join(dir, rel)
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("go-tflite example file %s is missing: %v", p, err)
+		t.Fatalf("test data %s is missing (%v): it is part of the repository (testdata/README.md lists every file); restore it with `git checkout -- testdata`", p, err)
 	}
 	return p
 }

@@ -33,7 +33,7 @@ func packFiles(t *testing.T) map[string]string {
 		t.Fatal(err)
 	}
 	return map[string]string{
-		"model.tflite":    testenv.Shared(t, "mnist_model.tflite"),
+		"model.tflite":    testenv.Data(t, "mnist_model.tflite"),
 		"labels.txt":      labels,
 		"extra/README.md": extra,
 	}

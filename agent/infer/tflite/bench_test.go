@@ -10,7 +10,6 @@ package tflite
 import (
 	"context"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -55,49 +54,49 @@ func decodeFile(b *testing.B, path string) (sensor.Frame, time.Duration) {
 }
 
 func benchCases(b *testing.B) []benchCase {
-	ssdLabels := testenv.Shared(b, "ssd_labelmap.txt")
-	textDir := filepath.Dir(testenv.GoTflite(b, "_example/text_classification/text_classification.tflite"))
+	ssdLabels := testenv.Data(b, "ssd_labelmap.txt")
+	vocab := testenv.Data(b, "text_classification_vocab.txt")
 	return []benchCase{
 		{
 			name:  "mnist",
-			model: testenv.Shared(b, "mnist_model.tflite"),
+			model: testenv.Data(b, "mnist_model.tflite"),
 			spec: spec.Model{
 				Input:  spec.Input{Image: spec.Image{Resize: spec.ResizeArea, Color: "grey", Std: []float64{255}}},
 				Output: spec.Output{Kind: spec.OutputClassification, Classification: spec.Classification{TopK: 3}},
 			},
 			frame: func(b *testing.B) (sensor.Frame, time.Duration) {
-				return decodeFile(b, testenv.Shared(b, "mnist_digit_3.png"))
+				return decodeFile(b, testenv.Data(b, "mnist_digit_3.png"))
 			},
 		},
 		{
 			name:  "ssd",
-			model: testenv.Shared(b, "ssd_mobilenet_detect.tflite"),
+			model: testenv.Data(b, "ssd_mobilenet_detect.tflite"),
 			spec: spec.Model{
 				Input:  spec.Input{Image: spec.Image{Resize: spec.ResizeBilinear, Color: "rgb", Mean: []float64{127.5}, Std: []float64{127.5}}},
 				Output: spec.Output{Kind: spec.OutputDetection, LabelsFile: ssdLabels, LabelOffset: 1},
 			},
 			frame: func(b *testing.B) (sensor.Frame, time.Duration) {
-				return decodeFile(b, testenv.Shared(b, "ssd_example.jpg"))
+				return decodeFile(b, testenv.Data(b, "ssd_example.jpg"))
 			},
 		},
 		{
 			name:  "text_classification",
-			model: filepath.Join(textDir, "text_classification.tflite"),
+			model: testenv.Data(b, "text_classification.tflite"),
 			spec: spec.Model{
 				Output: spec.Output{Kind: spec.OutputClassification, Labels: []string{"Negative", "Positive"}},
 			},
 			frame: func(b *testing.B) (sensor.Frame, time.Duration) {
 				start := time.Now()
-				f := sensor.Frame{Values: tokens(b, textDir, "what a wonderful and moving film, the cast is great")}
+				f := sensor.Frame{Values: tokens(b, vocab, "what a wonderful and moving film, the cast is great")}
 				return f, time.Since(start)
 			},
 		},
 	}
 }
 
-// tokens encodes a sentence with the model's vocabulary into its 256 input ids.
-func tokens(b *testing.B, dir, s string) []float64 {
-	data, err := os.ReadFile(filepath.Join(dir, "vocab.txt"))
+// tokens encodes a sentence with the model's vocabulary (file vocabPath) into its 256 input ids.
+func tokens(b *testing.B, vocabPath, s string) []float64 {
+	data, err := os.ReadFile(vocabPath)
 	if err != nil {
 		b.Fatal(err)
 	}

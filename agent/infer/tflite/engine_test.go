@@ -63,7 +63,7 @@ func TestRuntimeVersionIs29(t *testing.T) {
 }
 
 func TestSinWithinTolerance(t *testing.T) {
-	m := load(t, testenv.GoTflite(t, "_example/sin/sin_model.tflite"), infer.Options{Delegate: "cpu"})
+	m := load(t, testenv.Data(t, "sin_model.tflite"), infer.Options{Delegate: "cpu"})
 	// The example model was trained on x in [-3.3, 3.4] (go-tflite's sin.py) and is loose
 	// near its lower edge (|error| 0.12 at -3.0, 0.15 at -3.4), so the second half-period is
 	// evaluated through sin(x) = -sin(x-π) with x-π in (0, π], where the model was trained.
@@ -84,7 +84,7 @@ func TestSinWithinTolerance(t *testing.T) {
 }
 
 func TestSinTrainingRange(t *testing.T) {
-	m := load(t, testenv.GoTflite(t, "_example/sin/sin_model.tflite"), infer.Options{})
+	m := load(t, testenv.Data(t, "sin_model.tflite"), infer.Options{})
 	for i := 0; i <= 100; i++ {
 		x := -2.5 + 5.8*float64(i)/100 // [-2.5, 3.3]: the part of the training range it fits
 		y := run(t, m, f32(t, m, []float32{float32(x)}))[0].Float(0)
@@ -95,8 +95,8 @@ func TestSinTrainingRange(t *testing.T) {
 }
 
 func TestIrisAccuracy(t *testing.T) {
-	m := load(t, testenv.GoTflite(t, "_example/iris/iris.tflite"), infer.Options{})
-	f, err := os.Open(testenv.GoTflite(t, "_example/iris/iris.csv"))
+	m := load(t, testenv.Data(t, "iris.tflite"), infer.Options{})
+	f, err := os.Open(testenv.Data(t, "iris.csv"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func TestIrisAccuracy(t *testing.T) {
 }
 
 func TestXorTruthTable(t *testing.T) {
-	m := load(t, testenv.GoTflite(t, "testdata/xor_model.tflite"), infer.Options{})
+	m := load(t, testenv.Data(t, "xor_model.tflite"), infer.Options{})
 	for _, c := range [][3]float32{{0, 0, 0}, {0, 1, 1}, {1, 0, 1}, {1, 1, 0}} {
 		y := run(t, m, f32(t, m, []float32{c[0], c[1]}))[0].Float(0)
 		if got := y > 0.5; got != (c[2] == 1) {
@@ -138,7 +138,7 @@ func TestXorTruthTable(t *testing.T) {
 }
 
 func TestFizzBuzzMatchesTrueClasses(t *testing.T) {
-	m := load(t, testenv.GoTflite(t, "_example/fizzbuzz/fizzbuzz_model.tflite"), infer.Options{})
+	m := load(t, testenv.Data(t, "fizzbuzz_model.tflite"), infer.Options{})
 	wrong := []int{}
 	for n := 1; n <= 100; n++ {
 		in := make([]float32, 7)
@@ -165,10 +165,9 @@ func TestFizzBuzzMatchesTrueClasses(t *testing.T) {
 }
 
 func TestTextClassificationWithVocabulary(t *testing.T) {
-	dir := filepath.Dir(testenv.GoTflite(t, "_example/text_classification/text_classification.tflite"))
-	m := load(t, filepath.Join(dir, "text_classification.tflite"), infer.Options{})
+	m := load(t, testenv.Data(t, "text_classification.tflite"), infer.Options{})
 	vocab := map[string]int{}
-	b, err := os.ReadFile(filepath.Join(dir, "vocab.txt"))
+	b, err := os.ReadFile(testenv.Data(t, "text_classification_vocab.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +210,7 @@ func TestTextClassificationWithVocabulary(t *testing.T) {
 }
 
 func TestIntrospection(t *testing.T) {
-	ssd := load(t, testenv.Shared(t, "ssd_mobilenet_detect.tflite"), infer.Options{Delegate: "cpu"})
+	ssd := load(t, testenv.Data(t, "ssd_mobilenet_detect.tflite"), infer.Options{Delegate: "cpu"})
 	info := ssd.Info()
 	in := info.Inputs[0]
 	if in.DType != infer.UInt8 || !slices.Equal(in.Shape, []int{1, 300, 300, 3}) || !in.Quant.Quantised() {
@@ -223,14 +222,14 @@ func TestIntrospection(t *testing.T) {
 	if !slices.Contains(info.Ops, "TFLite_Detection_PostProcess") || !slices.Contains(info.Ops, "CONV_2D") || !slices.Contains(info.CustomOps, "TFLite_Detection_PostProcess") {
 		t.Errorf("SSD ops %v custom %v; want CONV_2D and TFLite_Detection_PostProcess", info.Ops, info.CustomOps)
 	}
-	mn := load(t, testenv.Shared(t, "mnist_model.tflite"), infer.Options{Delegate: "cpu"})
+	mn := load(t, testenv.Data(t, "mnist_model.tflite"), infer.Options{Delegate: "cpu"})
 	if got := mn.Info().Inputs[0]; got.DType != infer.Float32 || got.Elements() != 784 || got.Quant.Quantised() {
 		t.Errorf("mnist input %+v; want float32 with 784 elements, not quantised", got)
 	}
 }
 
 func TestLoadBytesMatchesLoadFile(t *testing.T) {
-	path := testenv.Shared(t, "mnist_model.tflite")
+	path := testenv.Data(t, "mnist_model.tflite")
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -253,7 +252,7 @@ func TestLoadBytesMatchesLoadFile(t *testing.T) {
 }
 
 func TestLoadCloseReleasesDescriptors(t *testing.T) {
-	data, err := os.ReadFile(testenv.GoTflite(t, "_example/sin/sin_model.tflite"))
+	data, err := os.ReadFile(testenv.Data(t, "sin_model.tflite"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,7 +271,7 @@ func TestLoadCloseReleasesDescriptors(t *testing.T) {
 }
 
 func TestBadModelsAreRefusedClearly(t *testing.T) {
-	good, err := os.ReadFile(testenv.Shared(t, "mnist_model.tflite"))
+	good, err := os.ReadFile(testenv.Data(t, "mnist_model.tflite"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,7 +302,7 @@ func TestBadModelsAreRefusedClearly(t *testing.T) {
 func TestUnsupportedCustomOpsNamed(t *testing.T) {
 	var logged []string
 	var mu sync.Mutex
-	_, err := tflite.New().LoadFile(testenv.GoTflite(t, "_example/smartreply/smartreply.tflite"), infer.Options{
+	_, err := tflite.New().LoadFile(testenv.Data(t, "smartreply.tflite"), infer.Options{
 		Logf: func(f string, a ...any) { mu.Lock(); logged = append(logged, f); mu.Unlock() },
 	})
 	if !errors.Is(err, infer.ErrUnsupportedOps) {
@@ -319,14 +318,14 @@ func TestUnsupportedCustomOpsNamed(t *testing.T) {
 // The runtime's own error text reaches us through our error reporter (which relies on the
 // layout of go-tflite's InterpreterOptions): the unresolved op is named by TFLite itself.
 func TestErrorReporterReachesUs(t *testing.T) {
-	_, err := tflite.New().LoadFile(testenv.GoTflite(t, "_example/smartreply/smartreply.tflite"), infer.Options{})
+	_, err := tflite.New().LoadFile(testenv.Data(t, "smartreply.tflite"), infer.Options{})
 	if err == nil || !strings.Contains(err.Error(), "Encountered unresolved custom op") {
 		t.Fatalf("err = %v; want the runtime's own message about the unresolved custom op", err)
 	}
 }
 
 func TestWrongInputRefused(t *testing.T) {
-	m := load(t, testenv.Shared(t, "mnist_model.tflite"), infer.Options{})
+	m := load(t, testenv.Data(t, "mnist_model.tflite"), infer.Options{})
 	for name, in := range map[string][]infer.Tensor{
 		"short":      {infer.FromFloat32([]int{1, 10}, make([]float32, 10))},
 		"wrong type": {infer.FromUint8([]int{1, 784}, make([]byte, 784))},
@@ -346,7 +345,7 @@ func TestWrongInputRefused(t *testing.T) {
 func TestEdgeTPUCompiledModelWithoutTPU(t *testing.T) {
 	// A real model whose custom op is renamed to the one edgetpu_compiler emits: the runtime
 	// cannot run it without the Edge TPU delegate, and there is no TPU here.
-	b, err := os.ReadFile(testenv.Shared(t, "ssd_mobilenet_detect.tflite"))
+	b, err := os.ReadFile(testenv.Data(t, "ssd_mobilenet_detect.tflite"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -381,7 +380,7 @@ func TestEdgeTPUCompiledModelWithoutTPU(t *testing.T) {
 }
 
 func TestDelegateFallbackRecordsReason(t *testing.T) {
-	path := testenv.Shared(t, "mnist_model.tflite")
+	path := testenv.Data(t, "mnist_model.tflite")
 	for _, c := range []struct {
 		opt          infer.Options
 		wantDelegate string
@@ -415,9 +414,9 @@ func TestDelegateXNNPACKMatchesCPU(t *testing.T) {
 		file string
 		path func(*testing.T) string
 	}{
-		{"mnist", func(t *testing.T) string { return testenv.Shared(t, "mnist_model.tflite") }},
-		{"sin", func(t *testing.T) string { return testenv.GoTflite(t, "_example/sin/sin_model.tflite") }},
-		{"iris", func(t *testing.T) string { return testenv.GoTflite(t, "_example/iris/iris.tflite") }},
+		{"mnist", func(t *testing.T) string { return testenv.Data(t, "mnist_model.tflite") }},
+		{"sin", func(t *testing.T) string { return testenv.Data(t, "sin_model.tflite") }},
+		{"iris", func(t *testing.T) string { return testenv.Data(t, "iris.tflite") }},
 	} {
 		cpu := load(t, c.path(t), infer.Options{Delegate: "cpu"})
 		xnn := load(t, c.path(t), infer.Options{Delegate: "xnnpack"})
@@ -442,7 +441,7 @@ func TestDelegateXNNPACKMatchesCPU(t *testing.T) {
 }
 
 func TestPoolConcurrentCallersGetOwnInterpreters(t *testing.T) {
-	m := load(t, testenv.Shared(t, "mnist_model.tflite"), infer.Options{Pool: 3, Delegate: "cpu", Threads: 1})
+	m := load(t, testenv.Data(t, "mnist_model.tflite"), infer.Options{Pool: 3, Delegate: "cpu", Threads: 1})
 	inputs := make([][]float32, 8)
 	want := make([][]byte, len(inputs))
 	for k := range inputs {
@@ -480,7 +479,7 @@ func TestPoolConcurrentCallersGetOwnInterpreters(t *testing.T) {
 }
 
 func TestCloseWaitsForInFlightAndRefusesAfter(t *testing.T) {
-	m, err := tflite.New().LoadFile(testenv.Shared(t, "ssd_mobilenet_detect.tflite"), infer.Options{Pool: 2})
+	m, err := tflite.New().LoadFile(testenv.Data(t, "ssd_mobilenet_detect.tflite"), infer.Options{Pool: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -509,7 +508,7 @@ func TestCloseWaitsForInFlightAndRefusesAfter(t *testing.T) {
 }
 
 func TestInferHonoursContextWhilePoolBusy(t *testing.T) {
-	m := load(t, testenv.Shared(t, "mnist_model.tflite"), infer.Options{Pool: 1})
+	m := load(t, testenv.Data(t, "mnist_model.tflite"), infer.Options{Pool: 1})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	// With a cancelled context and a free slot, select may pick either case; loop until we

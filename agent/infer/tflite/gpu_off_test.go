@@ -12,7 +12,7 @@ import (
 
 // Built without the GPU delegate: asking for it says how to get it.
 func TestDelegateGPUNotBuiltSaysHow(t *testing.T) {
-	m := load(t, testenv.Shared(t, "mnist_model.tflite"), infer.Options{Delegate: "gpu", GPUAvailable: true})
+	m := load(t, testenv.Data(t, "mnist_model.tflite"), infer.Options{Delegate: "gpu", GPUAvailable: true})
 	if info := m.Info(); info.Delegate != "cpu" || !strings.Contains(info.Fallback, "-tags tflite_gpu") {
 		t.Fatalf("delegate %q fallback %q; want cpu, saying to build with -tags tflite_gpu", info.Delegate, info.Fallback)
 	}

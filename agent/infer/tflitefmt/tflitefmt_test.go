@@ -4,29 +4,17 @@ import (
 	"errors"
 	"math/rand"
 	"os"
-	"path/filepath"
 	"reflect"
 	"testing"
+
+	"github.com/edge-agent/edge-agent/internal/testenv"
 )
 
 func testdata(t testing.TB, name string) []byte {
 	t.Helper()
-	dir, err := os.Getwd()
+	b, err := os.ReadFile(testenv.Data(t, name))
 	if err != nil {
 		t.Fatal(err)
-	}
-	for ; ; dir = filepath.Dir(dir) {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		if dir == filepath.Dir(dir) {
-			t.Fatal("go.mod not found above the test directory")
-		}
-	}
-	p := filepath.Join(dir, "..", "shared", "testdata", name)
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatalf("test data %s missing (%v): the tests read ../shared/testdata beside the repository", p, err)
 	}
 	return b
 }

@@ -2,9 +2,7 @@ package csv_test
 
 import (
 	"context"
-	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -14,21 +12,11 @@ import (
 	"github.com/edge-agent/edge-agent/hal/sensor"
 	"github.com/edge-agent/edge-agent/hal/sensor/csv"
 	"github.com/edge-agent/edge-agent/hal/sensor/internal/sensortest"
+	"github.com/edge-agent/edge-agent/internal/testenv"
 )
 
-// irisCSV is the iris data shipped in the go-tflite module the project pins.
-func irisCSV(t *testing.T) string {
-	t.Helper()
-	out, err := exec.Command("go", "mod", "download", "-json", "github.com/mattn/go-tflite@v1.0.5").Output()
-	if err != nil {
-		t.Fatalf("go mod download github.com/mattn/go-tflite@v1.0.5 (needed for iris.csv): %v", err)
-	}
-	var m struct{ Dir string }
-	if err := json.Unmarshal(out, &m); err != nil || m.Dir == "" {
-		t.Fatalf("go mod download -json: no Dir in %s (%v)", out, err)
-	}
-	return filepath.Join(m.Dir, "_example", "iris", "iris.csv")
-}
+// irisCSV is the iris data set from the repository's testdata folder.
+func irisCSV(t *testing.T) string { return testenv.Data(t, "iris.csv") }
 
 func newSource(t *testing.T, c sensor.CSVSpec) sensor.Source {
 	t.Helper()

@@ -1,5 +1,5 @@
 // Package sensortest holds helpers for the tests of hal/sensor and its kinds: locating the
-// shared test data, collecting frames and reports, running a source in the background and
+// test data, collecting frames and reports, running a source in the background and
 // checking that no goroutine outlives a test. Only tests import it.
 package sensortest
 
@@ -15,9 +15,8 @@ import (
 	"github.com/edge-agent/edge-agent/internal/testenv"
 )
 
-// Testdata returns the shared test data folder, ../shared/testdata beside the repository; a
-// missing folder fails the test.
-func Testdata(t testing.TB) string { return testenv.SharedDir(t) }
+// Testdata returns the repository's testdata folder; a missing folder fails the test.
+func Testdata(t testing.TB) string { return testenv.DataDir(t) }
 
 // NoLeaks fails the test if, once the test and its other cleanups are done, more goroutines
 // are running than when NoLeaks was called. Call it first in a test that is not parallel.
