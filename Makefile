@@ -13,7 +13,7 @@ TFLITE_PREFIX = $(eval TFLITE_PREFIX := $(shell scripts/tflite-prefix.sh))$(TFLI
 CGO_ENV = CGO_ENABLED=1 CGO_CFLAGS="-I$(TFLITE_PREFIX)/include" \
 	CGO_LDFLAGS="-L$(TFLITE_PREFIX)/lib -Wl,-rpath,$(TFLITE_PREFIX)/lib"
 
-.PHONY: all build test test-go bench demo lint clean deps tflite cross
+.PHONY: all build test test-go test-loaded bench demo lint clean deps tflite cross
 
 all: build
 
@@ -57,6 +57,10 @@ test: deps lint
 	# Allocation counts are only meaningful without the race detector (it makes sync.Pool drop items).
 	$(CGO_ENV) $(GO) test -count=1 -run 'TestApplyReusesDst' ./agent/preprocess
 
+# make test three times with both cores kept busy by two bounded CPU loops (docs/testing.md).
+test-loaded:
+	@scripts/loaded-test.sh
+
 bench: deps build
 	@scripts/bench.sh
 
@@ -64,4 +68,4 @@ demo: tflite build
 	@scripts/demo.sh
 
 clean:
-	rm -rf $(BIN) dist .bench
+	rm -rf $(BIN) dist .bench .demo .loaded

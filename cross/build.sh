@@ -14,7 +14,9 @@
 # x86_64-linux-gnu-gcc) and that architecture's library from scripts/install-tflite.sh, kept in
 # .deps/lib/ARCH. The rpath finds the library beside the binary (lib/), in an installed tree
 # (bin/../lib) and where the packages put it (/opt/edge-agent/lib).
-# Environment: GO (default go), GO_LDFLAGS (the -ldflags `make build` uses, e.g. the version).
+# Environment: GO (default go), GO_LDFLAGS (the -ldflags `make build` uses, e.g. the version),
+# STRIP (default 1: release binaries, built with -trimpath and -ldflags "-s -w", carry no symbol
+# table or DWARF; STRIP=0 keeps them for a debugger; panics print stack traces either way).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,6 +34,11 @@ out=$(cd "$out" && pwd)
 
 GO=${GO:-go}
 go_ldflags=${GO_LDFLAGS:-}
+case "${STRIP:-1}" in
+  1) go_ldflags="-s -w $go_ldflags" ;;
+  0) ;;
+  *) echo "cross/build.sh: STRIP must be 1 or 0, not ${STRIP}" >&2; exit 2 ;;
+esac
 # Literal $ORIGIN: the dynamic loader expands it to the binary's directory at run time.
 rpath='$ORIGIN/lib:$ORIGIN/../lib:/opt/edge-agent/lib'
 

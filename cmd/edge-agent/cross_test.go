@@ -237,4 +237,10 @@ func checkELF(t *testing.T, path string, machine elf.Machine, executable bool) {
 	if len(rp) != 1 || rp[0] != "$ORIGIN/lib:$ORIGIN/../lib:/opt/edge-agent/lib" {
 		t.Errorf("%s: runpath %q; want $ORIGIN/lib:$ORIGIN/../lib:/opt/edge-agent/lib", path, rp)
 	}
+	// Release builds are stripped (-s -w): no symbol table and no DWARF.
+	for _, name := range []string{".symtab", ".debug_info", ".zdebug_info"} {
+		if f.Section(name) != nil {
+			t.Errorf("%s has a %s section; want a stripped release build (cross/build.sh links with -s -w)", path, name)
+		}
+	}
 }

@@ -67,32 +67,47 @@ models:
 				lines <- bytes.Clone(sc.Bytes())
 			}
 		}()
-		select {
-		case <-lines:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			cmd.Wait()
-			t.Fatalf("round %d: no result within 20s; stderr:\n%s", round, stderr.String())
-		}
-		time.Sleep(time.Duration(20+rand.IntN(300)) * time.Millisecond)
-		cmd.Process.Signal(syscall.SIGKILL)
-		roundMin, roundMax := uint64(0), uint64(0)
-		for l := range lines {
+		// Every complete line counts, the first included: it is recorded, and the round's
+		// range of sequence numbers comes only from lines that were read.
+		var roundMin, roundMax uint64
+		recorded := 0
+		record := func(l []byte) {
 			var r struct{ Seq uint64 }
-			if err := json.Unmarshal(l, &r); err != nil {
-				continue // the last line may be cut mid-write; Scanner returns its prefix at EOF
+			if err := json.Unmarshal(l, &r); err != nil || r.Seq == 0 {
+				return // the last line may be cut mid-write; Scanner returns its prefix at EOF
 			}
 			if _, dup := printed[r.Seq]; dup {
 				t.Fatalf("round %d: seq %d printed twice", round, r.Seq)
 			}
 			printed[r.Seq] = l
 			order = append(order, r.Seq)
-			if roundMin == 0 || r.Seq < roundMin {
+			if recorded == 0 || r.Seq < roundMin {
 				roundMin = r.Seq
 			}
 			roundMax = max(roundMax, r.Seq)
+			recorded++
+		}
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				cmd.Wait()
+				t.Fatalf("round %d: the agent closed stdout before printing a result; stderr:\n%s", round, stderr.String())
+			}
+			record(l)
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("round %d: no result within 20s; stderr:\n%s", round, stderr.String())
+		}
+		time.Sleep(time.Duration(20+rand.IntN(300)) * time.Millisecond) // a random moment to kill at
+		cmd.Process.Signal(syscall.SIGKILL)
+		for l := range lines {
+			record(l)
 		}
 		cmd.Wait()
+		if recorded == 0 {
+			t.Fatalf("round %d: no complete result record on stdout before the kill; stderr:\n%s", round, stderr.String())
+		}
 		if roundMin <= prevMax {
 			t.Fatalf("round %d: seq %d after a restart; the previous run had reached %d (sequence numbers repeated)", round, roundMin, prevMax)
 		}

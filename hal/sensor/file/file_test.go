@@ -3,6 +3,7 @@ package file_test
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"image"
 	"math"
 	"os"
@@ -244,13 +245,23 @@ func TestWatchSkipExisting(t *testing.T) {
 	copyFile(t, filepath.Join(td, "mnist_digit_0.png"), filepath.Join(dir, "old.png"))
 	var c sensortest.Collector
 	r := sensortest.Start(t, newSource(t, sensor.FileSpec{Path: dir, SkipExisting: true, Poll: 10 * time.Millisecond}), nil, c.Emit)
-	time.Sleep(50 * time.Millisecond)
-	copyFile(t, filepath.Join(td, "mnist_digit_1.png"), filepath.Join(dir, "new.png"))
-	frames := c.WaitN(t, 1, 2*time.Second)
-	time.Sleep(30 * time.Millisecond)
+	// Nothing tells when the source's first scan is over, and a file added before it counts as
+	// existing. So new files keep arriving until one is read. They sort after old.png, so an
+	// old.png that was not skipped would be read before any of them.
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; len(c.Frames()) == 0; i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("no file added after the start was read within 10s (%d added)", i)
+		}
+		copyFile(t, filepath.Join(td, "mnist_digit_1.png"), filepath.Join(dir, fmt.Sprintf("p-new-%03d.png", i)))
+		time.Sleep(20 * time.Millisecond) // pace the additions; the loop's condition is the wait
+	}
 	r.Stop()
-	if frames = c.Frames(); len(frames) != 1 || frames[0].Ref != filepath.Join(dir, "new.png") {
-		t.Errorf("got %d frames (first %q); want only new.png", len(frames), frames[0].Ref)
+	frames := c.Frames()
+	for _, f := range frames {
+		if !strings.HasPrefix(filepath.Base(f.Ref), "p-new-") {
+			t.Errorf("read %q; want only files added after the start (old.png is skipped)", f.Ref)
+		}
 	}
 }
 
