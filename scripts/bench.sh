@@ -21,6 +21,7 @@
 #     and thread CPU time), and the monitor's own cost per frame (go test -bench Observe).
 #  8. Predict API: 4 HTTP clients vs 4 goroutines calling pipeline.Process (mnist tensor/PNG, SSD
 #     JPEG): ratio, p99, CPU per request.
+#  9. Release binary sizes: stripped (-s -w, what make cross and make deb ship) vs with symbols.
 # Results go to stdout and .bench/; record them in docs/benchmarks.md with machine and date.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -122,3 +123,14 @@ go test -run '^$' -bench 'PredictAPI' -benchtime "${BENCHTIME:-5s}" -count 1 ./a
   | awk '{ for (i=3;i<=NF;i+=2) v[$(i+1)]=$i;
            printf "%-34s direct %8.1f/s  api %8.1f/s  ratio %.3f (goal >= 0.8 for mnist)  p99 direct %7.2f ms  api %7.2f ms  cpu/request direct %6.0f µs  api %6.0f µs\n", $1, v["direct/s"], v["api/s"], v["ratio"], v["direct-p99-ms"], v["api-p99-ms"], v["direct-cpu-µs"], v["api-cpu-µs"] }'
 go test -run '^$' -bench 'DecodeMnistInstance' -benchmem -count 1 ./agent/status 2>/dev/null | grep -E '^Benchmark' | tee -a "$out/predict.txt"
+
+echo "== 9. release binary sizes: stripped (make cross: -trimpath -s -w) vs with symbols (STRIP=0), same sources, same run =="
+for s in 0 1; do
+  STRIP=$s GO_LDFLAGS="-X github.com/edge-agent/edge-agent/agent.Version=bench" cross/build.sh -o "$out/size-$s" amd64 arm64 >/dev/null
+done
+for arch in amd64 arm64; do
+  for cmd in edge-agent edgectl; do
+    a=$(stat -c %s "$out/size-0/linux-$arch/$cmd"); b=$(stat -c %s "$out/size-1/linux-$arch/$cmd")
+    awk -v n="$arch/$cmd" -v a="$a" -v b="$b" 'BEGIN { printf "%-20s with symbols %6.1f MB  stripped %6.1f MB  ratio %.3f\n", n, a/1e6, b/1e6, b/a }'
+  done
+done | tee "$out/sizes.txt"
