@@ -37,6 +37,7 @@ import (
 	"github.com/edge-agent/edge-agent/agent/postprocess"
 	"github.com/edge-agent/edge-agent/agent/preprocess"
 	"github.com/edge-agent/edge-agent/agent/result"
+	"github.com/edge-agent/edge-agent/agent/status"
 	"github.com/edge-agent/edge-agent/hal/accel"
 	"github.com/edge-agent/edge-agent/hal/board"
 	"github.com/edge-agent/edge-agent/hal/sensor"
@@ -80,19 +81,21 @@ var ErrExec = errors.New("agent stopped to run its new binary")
 
 // Agent is a running edge-agent.
 type Agent struct {
-	cfg     *config.Config
-	log     *slog.Logger
-	health  *health.Tracker
-	hw      accel.Report
-	board   board.Info
-	engine  infer.Engine
-	pipe    *pipeline.Pipeline
-	runners []*sensor.Runner
-	models  map[string]infer.Model
-	every   time.Duration
-	deploy  *deploy.Manager // nil when no model is served from bundles
-	store   *store.Store
-	fleet   *fleet // nil with Options.NoFleet
+	cfg *config.Config
+	// security is what the device trusts, worked out once from cfg (trust.go).
+	security status.Security
+	log      *slog.Logger
+	health   *health.Tracker
+	hw       accel.Report
+	board    board.Info
+	engine   infer.Engine
+	pipe     *pipeline.Pipeline
+	runners  []*sensor.Runner
+	models   map[string]infer.Model
+	every    time.Duration
+	deploy   *deploy.Manager // nil when no model is served from bundles
+	store    *store.Store
+	fleet    *fleet // nil with Options.NoFleet
 	// base is the config as the file gave it, before the fleet's overrides.
 	base     *config.Config
 	logLevel *slog.LevelVar
@@ -136,6 +139,14 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 	}
 	if a.every <= 0 {
 		a.every = 2 * time.Second
+	}
+	var conds []health.Condition
+	a.security, conds = trust(cfg)
+	log.Info("trust", "commands", a.security.Commands, "command_keys", a.security.Keys[config.RoleCommands],
+		"bundle_keys", a.security.Keys[config.RoleBundles], "update_keys", a.security.Keys[config.RoleUpdate])
+	for _, c := range conds {
+		log.Warn("security: "+c.Message, "code", c.Code)
+		a.health.Set(c)
 	}
 	if ovErr != nil {
 		a.health.Set(health.Condition{Code: "config-overrides", Severity: health.Warning, Component: "config", Message: ovErr.Error()})
@@ -241,13 +252,13 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 // startDeploy opens the model store and the deploy manager, and serves each bundle-served
 // model's active version.
 func (a *Agent) startDeploy(served []string) error {
-	keys, err := sign.KeysFromConfig(a.cfg.TrustedKeys)
+	keys, err := sign.KeysFromConfig(a.cfg.Keys(config.RoleBundles))
 	if err != nil {
-		return fmt.Errorf("trusted_keys: %w", err)
+		return fmt.Errorf("bundles.trusted_keys: %w", err)
 	}
 	verifier, err := sign.NewVerifier(keys...)
 	if err != nil {
-		return fmt.Errorf("trusted_keys: %w", err)
+		return fmt.Errorf("bundles.trusted_keys: %w", err)
 	}
 	st, err := store.Open(a.cfg.ModelsDir, store.Options{Keep: a.cfg.KeepVersions})
 	if err != nil {
@@ -263,11 +274,8 @@ func (a *Agent) startDeploy(served []string) error {
 		byName[m.Name] = m
 	}
 	a.deploy = deploy.New(deploy.Options{
-		Store: st,
-		Verify: func(manifest, sig []byte) (string, error) {
-			r, err := verifier.Verify(manifest, sig)
-			return r.KeyID, err
-		},
+		Store:  st,
+		Verify: bundle.VerifyWith(verifier),
 		Load: func(name string, man bundle.Manifest, dir string) (*pipeline.Serving, error) {
 			return LoadServing(a.engine, BundleModel(byName[name], man, dir), a.hw, a.log)
 		},
@@ -500,7 +508,11 @@ func (a *Agent) statusFields() map[string]any {
 	for _, st := range a.pipe.Stats() {
 		models = append(models, map[string]string{"name": st.Name, "version": st.Version})
 	}
-	s := map[string]any{"board": a.board.Model, "hardware": a.hw.Summary(), "models": models, "health": a.health.Worst().String(), "agent_version": Version}
+	s := map[string]any{"board": a.board.Model, "hardware": a.hw.Summary(), "models": models, "health": a.health.Worst().String(), "agent_version": Version,
+		"commands": a.security.Commands}
+	if len(a.security.SharedKeyRoles) > 1 {
+		s["shared_key_roles"] = a.security.SharedKeyRoles
+	}
 	if len(a.cfg.MQTT.Groups) > 0 {
 		s["groups"] = a.cfg.MQTT.Groups
 	}

@@ -118,13 +118,7 @@ func (r *running) stop() {
 
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.Eventually(t, 20*time.Second, 20*time.Millisecond, func() string { return what }, cond)
 }
 
 func TestMNISTDigitsFromPNGFiles(t *testing.T) {

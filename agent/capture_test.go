@@ -81,6 +81,7 @@ func TestCaptureUploadsSamples(t *testing.T) {
 	r := start(t, fmt.Sprintf(`
 device: cap-1
 state_dir: %s
+%s
 mqtt: {broker: %s, backoff_min: 50ms, backoff_max: 200ms, batch_wait: 20ms}
 sources:
   - {name: sweep, kind: synthetic, rate: 200, synthetic: {wave: sine, phase: true, offset: -3.14159}}
@@ -93,7 +94,7 @@ models:
     queue: 16
     input: {image: {resize: area, color: grey, std: [255]}}
     output: {kind: classification, classification: {top_k: 1}}
-`, t.TempDir(), broker.URL, digits))
+`, t.TempDir(), con.keys(), broker.URL, digits))
 	mqtttest.WaitFor(t, 20*time.Second, "the agent online", func() bool {
 		return strings.Contains(fmt.Sprint(r.a.FleetStats()["mqtt"]), "online")
 	})

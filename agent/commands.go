@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/edge-agent/edge-agent/agent/command"
+	"github.com/edge-agent/edge-agent/agent/config"
 	"github.com/edge-agent/edge-agent/agent/deploy"
 	"github.com/edge-agent/edge-agent/agent/result"
 	"github.com/edge-agent/edge-agent/agent/state"
@@ -26,6 +27,23 @@ const rememberIDs = 10_000
 // maxBundleBytes bounds a bundle downloaded by a deploy command.
 const maxBundleBytes = 512 << 20
 
+// noCommandKeyHint says how to give a device a command key.
+const noCommandKeyHint = "add the fleet's command public key to commands.trusted_keys in the agent's config (edgectl keygen --out command prints it; docs/security.md)"
+
+// commandVerifier checks command envelopes against keys: a signature by one of them, made
+// for a command (sign.CheckCommand). No keys: nil, and the router takes no signed command.
+func commandVerifier(keys []string) (func(body, sig []byte) error, error) {
+	pubs, err := sign.KeysFromConfig(keys)
+	if err != nil || len(pubs) == 0 {
+		return nil, err
+	}
+	v, err := sign.NewVerifier(pubs...)
+	if err != nil {
+		return nil, err
+	}
+	return v.VerifyCommand, nil
+}
+
 // startCommands opens the state store and builds the command router.
 func (a *Agent) startCommands() error {
 	f := a.fleet
@@ -33,25 +51,17 @@ func (a *Agent) startCommands() error {
 	if err != nil {
 		return fmt.Errorf("state store: %w", err)
 	}
-	var verify func(body, sig []byte) error
-	if a.cfg.Commands.RequireSigned {
-		keys, err := sign.KeysFromConfig(a.cfg.TrustedKeys)
-		if err == nil && len(keys) == 0 {
-			err = errors.New("commands.require_signed needs trusted_keys")
-		}
-		var v *sign.Verifier
-		if err == nil {
-			v, err = sign.NewVerifier(keys...)
-		}
-		if err != nil {
-			st.Close()
-			return fmt.Errorf("commands: %w", err)
-		}
-		verify = func(body, sig []byte) error { _, err := v.Verify(body, sig); return err }
+	verify, err := commandVerifier(a.cfg.Keys(config.RoleCommands))
+	if err != nil {
+		st.Close()
+		return fmt.Errorf("commands.trusted_keys: %w", err)
 	}
 	r, err := command.New(command.Options{
-		Device:   a.cfg.Device,
-		Handlers: a.commandHandlers(),
+		Device:        a.cfg.Device,
+		Groups:        a.cfg.MQTT.Groups,
+		AllowUnsigned: !a.cfg.SignedCommands(),
+		NoKeyHint:     noCommandKeyHint,
+		Handlers:      a.commandHandlers(),
 		Reply: func(rep command.Reply) {
 			if b, err := json.Marshal(rep); err == nil {
 				f.link.Reply(b)

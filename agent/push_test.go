@@ -175,7 +175,8 @@ func (p *testPusher) needsOf(id string) []need {
 const pushConfig = `
 device: push-1
 state_dir: %s
-trusted_keys: [%s]
+bundles: {trusted_keys: [%s]}
+%s
 probation: {inferences: 5}
 mqtt: {broker: %s, backoff_min: 50ms, backoff_max: 200ms}
 sources:
@@ -214,7 +215,7 @@ func TestPushedDeployResumesAfterALostChunk(t *testing.T) {
 	p := newTestPusher(t, broker.URL, data, spec)
 	p.setSkip(func(index, asked, _ int) bool { return index == 2 && asked == 1 })
 	state := t.TempDir()
-	r := start(t, fmt.Sprintf(pushConfig, state, f.Pub.String(), broker.URL))
+	r := start(t, fmt.Sprintf(pushConfig, state, f.Pub.String(), con.keys(), broker.URL))
 	online(t, r)
 
 	con.send("edge/push-1/cmd", con.cmd("push-lost", "deploy", pushArgs(t, spec)))
@@ -269,7 +270,7 @@ func TestPushedDeployResumesAcrossRestart(t *testing.T) {
 	p := newTestPusher(t, broker.URL, data, spec)
 	p.setSkip(func(_, _, sent int) bool { return sent >= half })
 	state := t.TempDir()
-	cfg := fmt.Sprintf(pushConfig, state, f.Pub.String(), broker.URL)
+	cfg := fmt.Sprintf(pushConfig, state, f.Pub.String(), con.keys(), broker.URL)
 	r := start(t, cfg)
 	online(t, r)
 

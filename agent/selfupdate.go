@@ -1,7 +1,8 @@
 package agent
 
 // The selfupdate command: download a new agent binary and its minisign signature, check
-// them against trusted_keys (the same keys as bundles), install it with agent/update, then
+// them against update.trusted_keys (keys of their own: a bundle or command key cannot vouch
+// for a binary), install it with agent/update, then
 // stop cleanly so cmd/edge-agent executes the new binary. The new binary must reach ready
 // within update.confirm_within or the previous one comes back (agent/update).
 
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/edge-agent/edge-agent/agent/command"
+	"github.com/edge-agent/edge-agent/agent/config"
 	"github.com/edge-agent/edge-agent/agent/deploy"
 	"github.com/edge-agent/edge-agent/agent/update"
 	"github.com/edge-agent/edge-agent/models/sign"
@@ -26,11 +28,13 @@ import (
 // maxSigBytes bounds a downloaded signature file.
 const maxSigBytes = 64 << 10
 
-// BinaryVerifier checks minisign signatures of agent binaries against trusted keys.
-func BinaryVerifier(trusted []string) (func(bin, sig []byte) (string, error), error) {
+// BinaryVerifier checks minisign signatures of agent binaries against trusted keys (the
+// update role's): a signature by one of them, made for an agent binary, naming the version
+// and architecture it vouches for (agent/update checks both against the binary).
+func BinaryVerifier(trusted []string) (func(bin, sig []byte) (update.Signed, error), error) {
 	keys, err := sign.KeysFromConfig(trusted)
 	if err == nil && len(keys) == 0 {
-		err = errors.New("no trusted_keys: a new binary must be signed by one of them")
+		err = errors.New("no update.trusted_keys: a new binary must be signed by one of them")
 	}
 	var v *sign.Verifier
 	if err == nil {
@@ -39,9 +43,16 @@ func BinaryVerifier(trusted []string) (func(bin, sig []byte) (string, error), er
 	if err != nil {
 		return nil, err
 	}
-	return func(bin, sig []byte) (string, error) {
+	return func(bin, sig []byte) (update.Signed, error) {
 		r, err := v.Verify(bin, sig)
-		return r.KeyID, err
+		if err != nil {
+			return update.Signed{}, err
+		}
+		version, arch, err := sign.ParseBinary(r)
+		if err != nil {
+			return update.Signed{}, fmt.Errorf("key %s: %w", r.KeyID, err)
+		}
+		return update.Signed{KeyID: r.KeyID, Version: version, Arch: arch}, nil
 	}, nil
 }
 
@@ -58,7 +69,7 @@ func (a *Agent) selfupdateHandler(h map[string]command.Handler) {
 		if a.exe == "" {
 			return nil, errors.New("this agent was not started as the edge-agent binary (edge-agent run): it cannot replace itself")
 		}
-		verify, err := BinaryVerifier(a.cfg.TrustedKeys)
+		verify, err := BinaryVerifier(a.cfg.Keys(config.RoleUpdate))
 		if err != nil {
 			return nil, err
 		}

@@ -56,14 +56,15 @@ func TestShadowFiguresForTwoKnownModels(t *testing.T) {
 	r := start(t, fmt.Sprintf(`
 device: shadow-1
 state_dir: %s
-trusted_keys: [%s]
+bundles: {trusted_keys: [%s]}
+%s
 probation: {inferences: 5}
 mqtt: {broker: %s, backoff_min: 50ms, backoff_max: 200ms}
 sources:
   - {name: cam, kind: file, queue: 16, file: {path: %s, poll: 50ms}}
 models:
   - {name: digits, sources: [cam], queue: 16}
-`, t.TempDir(), f.Pub.String(), broker.URL, pictures))
+`, t.TempDir(), f.Pub.String(), con.keys(), broker.URL, pictures))
 	mqtttest.WaitFor(t, 20*time.Second, "the agent online", func() bool {
 		return strings.Contains(fmt.Sprint(r.a.FleetStats()["mqtt"]), "online")
 	})

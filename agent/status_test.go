@@ -47,6 +47,12 @@ func TestStatusServerPortTakenIsAWarning(t *testing.T) {
 }
 
 type statusView struct {
+	Security struct {
+		Commands string              `json:"commands"`
+		Detail   string              `json:"detail"`
+		Keys     map[string][]string `json:"keys"`
+		Shared   []string            `json:"shared_key_roles"`
+	} `json:"security"`
 	Device string         `json:"device"`
 	Events []result.Event `json:"events"`
 	Ready  bool           `json:"ready"`

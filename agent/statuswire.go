@@ -127,6 +127,8 @@ func (s *statusAgent) Snapshot() status.Snapshot {
 		Engine: s.engine, Started: s.started, Models: a.pipe.Stats(), Health: a.health.List(),
 		Sources: []status.Source{}, Drift: []status.DriftScore{}, Events: []result.Event{},
 	}
+	sec := a.security
+	snap.Security = &sec
 	for _, r := range a.SourceStats() {
 		snap.Sources = append(snap.Sources, status.Source{Name: r.Name, Kind: r.Kind, State: r.State, Frames: r.Frames,
 			Errors: r.Errors, Restarts: r.Restarts, Dropped: r.Queue.Dropped, LastError: r.LastError})

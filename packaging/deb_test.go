@@ -497,7 +497,7 @@ func runDaemon(t *testing.T) {
 		}
 	}()
 
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(testenv.Patience(30 * time.Second))
 	for !strings.Contains(log.String(), `msg="edge-agent starting"`) {
 		select {
 		case err := <-done:

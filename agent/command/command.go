@@ -66,7 +66,22 @@ type Command struct {
 	Args     json.RawMessage `json:"args,omitempty"`
 	IssuedAt time.Time       `json:"issued_at"`
 	Expires  time.Time       `json:"expires"` // required; after IssuedAt; at most MaxLifetime after it
+	// Target is whom the command is for: "device:ID", "group:NAME" or "all". A signed command
+	// must name one (the signature covers it, so a command signed for one device cannot be
+	// replayed on another's topic); a device refuses a command addressed to someone else.
+	Target string `json:"target,omitempty"`
 }
+
+// Targets of a command.
+const (
+	TargetAll    = "all"
+	targetDevice = "device:"
+	targetGroup  = "group:"
+)
+
+// ForDevice and ForGroup are the targets of one device and of one group.
+func ForDevice(id string) string  { return targetDevice + id }
+func ForGroup(name string) string { return targetGroup + name }
 
 // Reply is one answer to a command, published on the device's /cmd/reply topic.
 type Reply struct {
@@ -96,6 +111,8 @@ type Handler func(ctx context.Context, c Command, progress Progress) (result any
 // others take the defaults.
 type Options struct {
 	Device string
+	// Groups are the fleet groups this device belongs to (targets "group:NAME" it takes).
+	Groups []string
 	// Handlers by command type; unknown types get a failed reply naming the known ones.
 	Handlers map[string]Handler
 	// Reply is called for every reply, from one goroutine at a time; it must not block for
@@ -104,10 +121,16 @@ type Options struct {
 	// Remember records a command id until it expires and reports whether it was already
 	// recorded (the agent wires agent/state; tests pass an in-memory func).
 	Remember func(id string, until time.Time) (seen bool, err error)
-	// Verify, when non-nil, makes signed envelopes {"body": <base64 of the command JSON>,
-	// "sig": <minisign signature text>} required and checks them. When nil, plain command
-	// JSON is taken and envelopes are refused (there is no key to check them with).
+	// Verify checks signed envelopes {"body": <base64 of the command JSON>, "sig": <minisign
+	// signature text>}: the signature, its key and its purpose. When nil there is no key, and
+	// envelopes are refused.
 	Verify func(body, sig []byte) error
+	// AllowUnsigned takes plain command JSON as well as signed envelopes. It is an opt-out:
+	// by default only signed commands run, and without Verify no command runs at all.
+	AllowUnsigned bool
+	// NoKeyHint ends the reason given for every command when there is neither Verify nor
+	// AllowUnsigned: how to give the device a key.
+	NoKeyHint string
 	// MaxBytes bounds a message (default 64 KiB).
 	MaxBytes int
 	// MaxSkew: an issued_at further in the future than this is refused (default 5m).
@@ -141,6 +164,7 @@ type Stats struct {
 	Malformed    uint64 `json:"malformed"` // not JSON, bad fields, or issued too far in the future
 	Oversize     uint64 `json:"oversize"`
 	BadSignature uint64 `json:"bad_signature"` // unsigned when required, signed when no key, or not verified
+	Misaddressed uint64 `json:"misaddressed"`  // signed without a target, or for another device or group
 	Busy         uint64 `json:"busy"`
 }
 
@@ -158,7 +182,7 @@ type Router struct {
 
 	replyMu sync.Mutex // one Reply call at a time
 
-	received, accepted, done, failed, replayed, expired, malformed, oversize, badSig, busy atomic.Uint64
+	received, accepted, done, failed, replayed, expired, malformed, oversize, badSig, misaddressed, busy atomic.Uint64
 }
 
 type job struct {
@@ -233,6 +257,7 @@ func (r *Router) Stats() Stats {
 		Malformed:    r.malformed.Load(),
 		Oversize:     r.oversize.Load(),
 		BadSignature: r.badSig.Load(),
+		Misaddressed: r.misaddressed.Load(),
 		Busy:         r.busy.Load(),
 	}
 }
@@ -282,7 +307,7 @@ func (r *Router) check(payload []byte) (c Command, ok bool) {
 		r.refuse(readID(payload[:r.opt.MaxBytes]), "", fmt.Sprintf("command is %d bytes, over the %d-byte limit: keep commands small and put large data behind a URL in args", len(payload), r.opt.MaxBytes))
 		return c, false
 	}
-	body, why := r.open(payload)
+	body, signed, why := r.open(payload)
 	if why != "" {
 		r.badSig.Add(1)
 		r.refuse(readID(body), "", why)
@@ -295,6 +320,11 @@ func (r *Router) check(payload []byte) (c Command, ok bool) {
 	}
 	if why := r.checkFields(c); why != "" {
 		r.malformed.Add(1)
+		r.refuse(c.ID, c.Type, why)
+		return c, false
+	}
+	if why := r.checkTarget(c.Target, signed); why != "" {
+		r.misaddressed.Add(1)
 		r.refuse(c.ID, c.Type, why)
 		return c, false
 	}
@@ -321,26 +351,38 @@ func (r *Router) check(payload []byte) (c Command, ok bool) {
 
 const shape = `{"id", "type", "args", "issued_at", "expires"} with RFC 3339 times`
 
-// open returns the command JSON of payload: payload itself, or the verified body of a signed
-// envelope. why says why it is refused for its signature; body is then what an id may be
-// read from.
-func (r *Router) open(payload []byte) (body []byte, why string) {
-	const want = `send {"body": <base64 of the command JSON>, "sig": <minisign signature text>} signed with the fleet key`
+// open returns the command JSON of payload: payload itself (when unsigned commands are
+// allowed), or the verified body of a signed envelope, and whether it was signed. why says
+// why it is refused for its signature; body is then what an id may be read from.
+func (r *Router) open(payload []byte) (body []byte, signed bool, why string) {
+	const want = `send {"body": <base64 of the command JSON>, "sig": <minisign signature text>} signed with the fleet's command key`
 	var env struct {
 		Body *string `json:"body"`
 		Sig  *string `json:"sig"`
 	}
-	if err := json.Unmarshal(payload, &env); err != nil {
-		if r.opt.Verify == nil {
-			return payload, "" // decoding it as a command says what is wrong
+	envErr := json.Unmarshal(payload, &env)
+	if r.opt.Verify == nil && !r.opt.AllowUnsigned {
+		hint := r.opt.NoKeyHint
+		if hint == "" {
+			hint = "give the agent the fleet's command public key"
 		}
-		return payload, fmt.Sprintf("command is not a signed envelope (%v) and this agent requires signed commands: %s", err, want)
+		body := payload
+		if envErr == nil && env.Body != nil { // the id to reply to is in the envelope's body
+			body, _ = base64.StdEncoding.DecodeString(*env.Body)
+		}
+		return body, false, "this agent trusts no command key, so it takes no command: " + hint
+	}
+	if err := envErr; err != nil {
+		if r.opt.AllowUnsigned {
+			return payload, false, "" // decoding it as a command says what is wrong
+		}
+		return payload, false, fmt.Sprintf("command is not a signed envelope (%v) and this agent requires signed commands: %s", err, want)
 	}
 	if env.Body == nil && env.Sig == nil {
-		if r.opt.Verify != nil {
-			return payload, "command is not signed and this agent requires signed commands: " + want
+		if !r.opt.AllowUnsigned {
+			return payload, false, "command is not signed and this agent requires signed commands: " + want
 		}
-		return payload, ""
+		return payload, false, ""
 	}
 	var decoded []byte
 	var decErr error
@@ -349,16 +391,35 @@ func (r *Router) open(payload []byte) (body []byte, why string) {
 	}
 	switch {
 	case r.opt.Verify == nil:
-		return decoded, "command is a signed envelope but this agent has no key to verify it: configure the fleet's public key on the agent, or send the plain command JSON"
+		return decoded, false, "command is a signed envelope but this agent has no key to verify it: configure the fleet's command public key on the agent, or send the plain command JSON"
 	case env.Body == nil || env.Sig == nil:
-		return decoded, "signed envelope needs both body and sig: " + want
+		return decoded, false, "signed envelope needs both body and sig: " + want
 	case decErr != nil:
-		return nil, fmt.Sprintf("signed envelope body is not standard base64 (%v): %s", decErr, want)
+		return nil, false, fmt.Sprintf("signed envelope body is not standard base64 (%v): %s", decErr, want)
 	}
 	if err := r.opt.Verify(decoded, []byte(*env.Sig)); err != nil {
-		return decoded, fmt.Sprintf("command signature is not valid (%v): sign the command with the fleet key this agent trusts", err)
+		return decoded, false, fmt.Sprintf("command signature is not valid (%v): sign the command with the fleet's command key this agent trusts", err)
 	}
-	return decoded, ""
+	return decoded, true, ""
+}
+
+// checkTarget returns why a command with target is not for this device, or "". A signed
+// command must name its target; an unsigned one (allowed only by opt-out) may leave it out.
+func (r *Router) checkTarget(target string, signed bool) string {
+	switch {
+	case target == "" && signed:
+		return `the signed command names no target: sign it with "target": "device:ID", "group:NAME" or "all" (edgectl does)`
+	case target == "", target == TargetAll, target == ForDevice(r.opt.Device):
+		return ""
+	}
+	if g, ok := strings.CutPrefix(target, targetGroup); ok && slices.Contains(r.opt.Groups, g) {
+		return ""
+	}
+	groups := "no groups"
+	if len(r.opt.Groups) > 0 {
+		groups = "groups " + strings.Join(r.opt.Groups, ", ")
+	}
+	return fmt.Sprintf("the command is addressed to %q, not to this device (%s, %s): refused", target, ForDevice(r.opt.Device), groups)
 }
 
 // checkFields checks id, type and times; it returns why c is refused, or "".

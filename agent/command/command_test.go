@@ -56,8 +56,18 @@ type harness struct {
 }
 
 // newT builds a router with device "dev-1", the injected clock at t0, an in-memory replay
-// memory, and replies collected on a channel. opt's other fields are kept.
+// memory, and replies collected on a channel. opt's other fields are kept; without Verify it
+// takes unsigned commands (AllowUnsigned), so that the tests of the other checks can send
+// plain JSON. newStrict keeps the default instead.
 func newT(t testing.TB, opt Options) *harness {
+	t.Helper()
+	if opt.Verify == nil {
+		opt.AllowUnsigned = true
+	}
+	return newStrict(t, opt)
+}
+
+func newStrict(t testing.TB, opt Options) *harness {
 	t.Helper()
 	h := &harness{clock: &clock{t: t0}, mem: &memory{ids: map[string]time.Time{}}, replies: make(chan Reply, 1000)}
 	opt.Device = "dev-1"
@@ -126,8 +136,20 @@ func cmd(id, typ string) []byte {
 	return cmdAt(id, typ, `{"n":1}`, t0, t0.Add(time.Hour))
 }
 
+// cmdFor is cmd addressed to target.
+func cmdFor(id, typ, target string) []byte {
+	return cmdTo(id, typ, `{"n":1}`, target, t0, t0.Add(time.Hour))
+}
+
 func cmdAt(id, typ, args string, issued, expires time.Time) []byte {
+	return cmdTo(id, typ, args, "", issued, expires)
+}
+
+func cmdTo(id, typ, args, target string, issued, expires time.Time) []byte {
 	c := map[string]any{"id": id, "type": typ, "issued_at": issued, "expires": expires}
+	if target != "" {
+		c["target"] = target
+	}
 	if args != "" {
 		c["args"] = json.RawMessage(args)
 	}
@@ -426,7 +448,7 @@ func TestSignedEnvelopeRequired(t *testing.T) {
 		{"bad signature", "c-2", StatusFailed, "command signature is not valid (signature does not match the fleet key)", envelope(cmd("c-2", "echo"), "forged")},
 		{"no sig", "c-3", StatusFailed, "needs both body and sig", []byte(`{"body": "` + base64.StdEncoding.EncodeToString(cmd("c-3", "echo")) + `"}`)},
 		{"signed, bad body", "c-4", StatusFailed, "not valid JSON", envelope([]byte(`{"id": "c-4", "type"`), "good")},
-		{"signed", "c-5", StatusAccepted, "", envelope(cmd("c-5", "echo"), "good")},
+		{"signed", "c-5", StatusAccepted, "", envelope(cmdFor("c-5", "echo", "device:dev-1"), "good")},
 	} {
 		h.r.Handle(tc.payload)
 		h.want(t, tc.id, tc.status, tc.reason)
@@ -440,8 +462,68 @@ func TestSignedEnvelopeRequired(t *testing.T) {
 		t.Errorf("stats: got %+v; want bad_signature 5, malformed 1, done 1", st)
 	}
 	// A replayed signed command does nothing.
-	h.r.Handle(envelope(cmd("c-5", "echo"), "good"))
+	h.r.Handle(envelope(cmdFor("c-5", "echo", "device:dev-1"), "good"))
 	h.none(t)
+}
+
+// By default (no AllowUnsigned) a router without a key takes no command at all, signed or
+// not, and says how to give it a key.
+func TestNoKeyTakesNoCommand(t *testing.T) {
+	testenv.NoGoroutineLeaks(t)
+	h := newStrict(t, Options{NoKeyHint: "set commands.trusted_keys", Handlers: map[string]Handler{"echo": echo}})
+	h.run(t)
+	h.r.Handle(cmd("p-1", "echo"))
+	h.want(t, "p-1", StatusFailed, "trusts no command key, so it takes no command: set commands.trusted_keys")
+	h.r.Handle(envelope(cmdFor("p-2", "echo", "all"), "good"))
+	h.want(t, "p-2", StatusFailed, "trusts no command key")
+	h.none(t)
+	if st := h.r.Stats(); st.BadSignature != 2 || st.Accepted != 0 {
+		t.Errorf("stats: got %+v; want bad_signature 2, accepted 0", st)
+	}
+}
+
+// A signed command runs only where it is addressed: its own device, one of its groups, or
+// all; one signed without a target, or for another device or group, is refused (a command
+// signed for device A and republished on B's topic does nothing on B). With the opt-out
+// AllowUnsigned a plain command may leave the target out, but a wrong one is still refused.
+func TestTargets(t *testing.T) {
+	testenv.NoGoroutineLeaks(t)
+	h := newStrict(t, Options{Verify: fakeVerify, AllowUnsigned: true, Groups: []string{"kitchen", "eu"}, Handlers: map[string]Handler{"echo": echo}})
+	for _, tc := range []struct {
+		id, target string
+		signed     bool
+		ok         bool
+	}{
+		{"t-1", "device:dev-1", true, true},
+		{"t-2", "group:kitchen", true, true},
+		{"t-3", "group:eu", true, true},
+		{"t-4", "all", true, true},
+		{"t-5", "", true, false},
+		{"t-6", "device:dev-2", true, false},
+		{"t-7", "group:garage", true, false},
+		{"t-8", "dev-1", true, false},
+		{"t-9", "group:", true, false},
+		{"t-10", "", false, true},
+		{"t-11", "device:dev-2", false, false},
+	} {
+		p := cmdFor(tc.id, "echo", tc.target)
+		if tc.signed {
+			p = envelope(p, "good")
+		}
+		h.r.Handle(p)
+		if tc.ok {
+			h.want(t, tc.id, StatusAccepted, "")
+		} else {
+			r := h.want(t, tc.id, StatusFailed, "")
+			if tc.target == "" && !strings.Contains(r.Reason, "names no target") ||
+				tc.target != "" && !strings.Contains(r.Reason, fmt.Sprintf("addressed to %q, not to this device (device:dev-1, groups kitchen, eu)", tc.target)) {
+				t.Errorf("%s (target %q): reason %q does not say why", tc.id, tc.target, r.Reason)
+			}
+		}
+	}
+	if st := h.r.Stats(); st.Misaddressed != 6 || st.Accepted != 5 {
+		t.Errorf("stats: got %+v; want misaddressed 6, accepted 5", st)
+	}
 }
 
 func TestStatsJSON(t *testing.T) {
@@ -456,7 +538,7 @@ func TestStatsJSON(t *testing.T) {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	want := []string{"accepted", "bad_signature", "busy", "done", "expired", "failed", "malformed", "oversize", "received", "replayed"}
+	want := []string{"accepted", "bad_signature", "busy", "done", "expired", "failed", "malformed", "misaddressed", "oversize", "received", "replayed"}
 	if !slices.Equal(keys, want) {
 		t.Errorf("Stats JSON keys: got %v; want %v", keys, want)
 	}

@@ -36,8 +36,9 @@ func FuzzHandle(f *testing.F) {
 	}
 	valid := map[string]bool{StatusAccepted: true, StatusFailed: true}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		for _, verify := range []func(body, sig []byte) error{nil, fakeVerify} {
-			h := newT(t, Options{MaxBytes: 4096, Queue: 1, Verify: verify, Handlers: map[string]Handler{"echo": echo}})
+		for _, opt := range []Options{{AllowUnsigned: true}, {Verify: fakeVerify}, {Verify: fakeVerify, AllowUnsigned: true}, {}} {
+			opt.MaxBytes, opt.Queue, opt.Handlers = 4096, 1, map[string]Handler{"echo": echo}
+			h := newStrict(t, opt)
 			var first Reply
 			for i := range 2 {
 				h.r.Handle(data)

@@ -47,9 +47,12 @@ type Config struct {
 	// ShutdownTimeout bounds draining queued frames on SIGTERM (default 10s).
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 
-	// TrustedKeys are minisign public keys (base64 lines or paths to .pub files) that model
-	// bundles must be signed with; several allow key rotation. Bundles are always verified.
+	// TrustedKeys is the single key set of agents before keys had roles: it stands in for
+	// each of commands.trusted_keys, bundles.trusted_keys and update.trusted_keys that is
+	// empty, with a warning at every start (docs/security.md#upgrading).
 	TrustedKeys []string `yaml:"trusted_keys"`
+	// Bundles: who may sign model bundles.
+	Bundles Bundles `yaml:"bundles"`
 	// ModelsDir is the model store (default <state_dir>/models).
 	ModelsDir string `yaml:"models_dir"`
 	// Inbox is a folder watched for dropped bundles (default <state_dir>/inbox).
@@ -133,8 +136,17 @@ type MQTT struct {
 	MetricsEvery time.Duration `yaml:"metrics_every"` // default 30s; 0 after defaults is impossible, negative disables
 }
 
+// Bundles settings (docs/security.md).
+type Bundles struct {
+	// TrustedKeys are minisign public keys (base64 lines or paths to .pub files) that model
+	// bundles must be signed with; several allow key rotation. Bundles are always verified.
+	TrustedKeys []string `yaml:"trusted_keys"`
+}
+
 // Update settings (docs/operations.md#updating-the-agent).
 type Update struct {
+	// TrustedKeys sign agent binaries (edgectl sign); the only keys a new binary is taken from.
+	TrustedKeys []string `yaml:"trusted_keys"`
 	// ConfirmWithin is how long a new binary has to reach ready before the previous one is
 	// restored (default 2m).
 	ConfirmWithin time.Duration `yaml:"confirm_within"`
@@ -142,9 +154,60 @@ type Update struct {
 
 // Commands settings (docs/mqtt.md#commands).
 type Commands struct {
-	// RequireSigned refuses every command that is not a minisign-signed envelope by one of
-	// trusted_keys.
-	RequireSigned bool `yaml:"require_signed"`
+	// TrustedKeys sign fleet commands: the key of edgectl and edgectl serve.
+	TrustedKeys []string `yaml:"trusted_keys"`
+	// RequireSigned (default true) refuses every command that is not a minisign-signed
+	// envelope by one of TrustedKeys, addressed to this device; without a key no command is
+	// taken. false is an opt-out that takes plain commands too, warned about at every start.
+	RequireSigned *bool `yaml:"require_signed"`
+}
+
+// Key roles, as the warnings and the status page name them.
+const (
+	RoleCommands = "commands"
+	RoleBundles  = "bundles"
+	RoleUpdate   = "update"
+)
+
+// SignedCommands reports whether only signed commands are taken (the default).
+func (c *Config) SignedCommands() bool {
+	return c.Commands.RequireSigned == nil || *c.Commands.RequireSigned
+}
+
+// Keys returns the trusted keys of a role (RoleCommands, RoleBundles, RoleUpdate): its own
+// list, or the legacy top-level trusted_keys when that is empty.
+func (c *Config) Keys(role string) []string {
+	var own []string
+	switch role {
+	case RoleCommands:
+		own = c.Commands.TrustedKeys
+	case RoleBundles:
+		own = c.Bundles.TrustedKeys
+	case RoleUpdate:
+		own = c.Update.TrustedKeys
+	}
+	if len(own) > 0 {
+		return own
+	}
+	return c.TrustedKeys
+}
+
+// SharedKeyRoles are the roles that trust the legacy top-level trusted_keys, because their
+// own list is empty: one key set for several purposes, which the agent warns about.
+func (c *Config) SharedKeyRoles() []string {
+	if len(c.TrustedKeys) == 0 {
+		return nil
+	}
+	var roles []string
+	for _, r := range []struct {
+		name string
+		own  []string
+	}{{RoleCommands, c.Commands.TrustedKeys}, {RoleBundles, c.Bundles.TrustedKeys}, {RoleUpdate, c.Update.TrustedKeys}} {
+		if len(r.own) == 0 {
+			roles = append(roles, r.name)
+		}
+	}
+	return roles
 }
 
 // ByteSize is a size in bytes written as a number or with a unit: 512KiB, 256MiB, 1GiB, 10MB.
@@ -310,9 +373,11 @@ func (c *Config) applyDefaults() {
 	}
 	c.Drift.applyDefaults()
 	c.Status.applyDefaults(c)
-	for i, k := range c.TrustedKeys {
-		if strings.HasPrefix(k, "./") || strings.HasPrefix(k, "../") {
-			c.TrustedKeys[i] = c.Resolve(k)
+	for _, keys := range [][]string{c.TrustedKeys, c.Bundles.TrustedKeys, c.Commands.TrustedKeys, c.Update.TrustedKeys} {
+		for i, k := range keys {
+			if strings.HasPrefix(k, "./") || strings.HasPrefix(k, "../") {
+				keys[i] = c.Resolve(k)
+			}
 		}
 	}
 	for i := range c.Models {
@@ -401,9 +466,6 @@ func (c *Config) Validate() error {
 	if !slices.Contains(OutboxPolicies, c.Outbox.Policy) {
 		bad("outbox.policy", "%q is not one of %s", c.Outbox.Policy, strings.Join(OutboxPolicies, ", "))
 	}
-	if c.Commands.RequireSigned && len(c.TrustedKeys) == 0 {
-		bad("commands.require_signed", "needs trusted_keys to check command signatures against")
-	}
 	if q := c.MQTT; q.Password != "" && q.PasswordFile != "" {
 		bad("mqtt.password_file", "set either mqtt.password or mqtt.password_file, not both")
 	}
@@ -420,8 +482,8 @@ func (c *Config) Validate() error {
 		}
 		models[m.Name] = true
 		if m.Path == "" {
-			if len(c.TrustedKeys) == 0 {
-				bad(f+".path", "is empty, so the model is served from signed bundles, which needs trusted_keys (bundles are never accepted unsigned)")
+			if len(c.Keys(RoleBundles)) == 0 {
+				bad(f+".path", "is empty, so the model is served from signed bundles, which needs bundles.trusted_keys (bundles are never accepted unsigned)")
 			}
 			if m.Spec.Input.Kind != "" || m.Spec.Output.Kind != "" || m.Spec.Output.LabelsFile != "" || len(m.Spec.Output.Labels) > 0 {
 				bad(f+".input/output", "come from the bundle's manifest for a model served from bundles; remove them or set path")

@@ -27,6 +27,8 @@ func TestDefaults(t *testing.T) {
 		{"models[0].workers", m.Workers, 1},
 		{"models[0].queue", m.Queue, 4},
 		{"models[0].path (relative to the file)", m.Path, "/etc/edge-agent/m.tflite"},
+		{"commands.require_signed", c.SignedCommands(), true},
+		{"shared key roles", len(c.SharedKeyRoles()), 0},
 	} {
 		if x.got != x.want {
 			t.Errorf("%s: got %v; want %v", x.field, x.got, x.want)
@@ -44,7 +46,7 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"log: {level: loud}", "log.level"},
 		{"sources: [{name: a, kind: camera}]", `sources[0].kind: "camera" is not a source kind`},
 		{"sources: [{name: a, kind: synthetic}, {name: a, kind: synthetic}]", `sources[1].name: "a" is used twice`},
-		{"models: [{name: m}]", "models[0].path: is empty, so the model is served from signed bundles, which needs trusted_keys"},
+		{"models: [{name: m}]", "models[0].path: is empty, so the model is served from signed bundles, which needs bundles.trusted_keys"},
 		{"trusted_keys: [k]\nmodels: [{name: m, output: {kind: raw}}]", "models[0].input/output: come from the bundle's manifest"},
 		{"keep_versions: 1", "keep_versions: 1 is outside 2..100"},
 		{"probation: {max_error_rate: 2}", "probation: counts and durations must be ≥ 0 and rates within 0..1"},
@@ -114,6 +116,43 @@ func TestOutboxAndMQTTDefaults(t *testing.T) {
 	} {
 		if f.got != f.want {
 			t.Errorf("%s = %v; want %v", f.name, f.got, f.want)
+		}
+	}
+}
+
+// Each role trusts its own keys; the legacy top-level trusted_keys stands in only for the
+// roles without their own, and those are reported as sharing one key set. Relative key
+// paths resolve against the file's folder.
+func TestKeyRoles(t *testing.T) {
+	c, err := config.Parse([]byte(`
+trusted_keys: [OLD]
+commands: {trusted_keys: [CMD, ./cmd.pub]}
+update: {trusted_keys: [BIN]}
+`), "/etc/edge-agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for role, want := range map[string]string{config.RoleCommands: "CMD /etc/edge-agent/cmd.pub", config.RoleBundles: "OLD", config.RoleUpdate: "BIN"} {
+		if got := strings.Join(c.Keys(role), " "); got != want {
+			t.Errorf("Keys(%s) = %q; want %q", role, got, want)
+		}
+	}
+	if got := c.SharedKeyRoles(); len(got) != 1 || got[0] != config.RoleBundles {
+		t.Errorf("SharedKeyRoles = %v; want [bundles]", got)
+	}
+	legacy, err := config.Parse([]byte("trusted_keys: [OLD]\ncommands: {require_signed: false}\n"), "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(legacy.SharedKeyRoles(), ","); got != "commands,bundles,update" {
+		t.Errorf("legacy SharedKeyRoles = %q; want commands,bundles,update", got)
+	}
+	if legacy.SignedCommands() {
+		t.Error("require_signed: false still requires signed commands")
+	}
+	for _, role := range []string{config.RoleCommands, config.RoleBundles, config.RoleUpdate} {
+		if got := legacy.Keys(role); len(got) != 1 || got[0] != "OLD" {
+			t.Errorf("legacy Keys(%s) = %v; want [OLD]", role, got)
 		}
 	}
 }

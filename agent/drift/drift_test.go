@@ -246,7 +246,7 @@ func (a *alerts) find(raised bool, feature, stat string) (drift.Alert[int], bool
 
 func (a *alerts) wait(t *testing.T, raised bool, feature, stat string) drift.Alert[int] {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(testenv.Patience(10 * time.Second))
 	for {
 		if al, ok := a.find(raised, feature, stat); ok {
 			return al
@@ -548,7 +548,7 @@ func TestNewVersionLookedUpByRun(t *testing.T) {
 	defer func() { cancel(); <-done }()
 	key := drift.Key{Model: "m", Version: "9"}
 	p := &population{rng: rand.New(rand.NewPCG(4, 4)), freq: classFreq, score: 0.8}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(testenv.Patience(10 * time.Second))
 	for len(m.Scores()) == 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("no scores 10s after the version's first frame; stats %+v", m.Stats())

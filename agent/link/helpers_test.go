@@ -178,13 +178,7 @@ func start(t *testing.T, l *link.Link) (stop func()) {
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t *testing.T, within time.Duration, cond func() bool, what func() string) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %s", within, what())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.Eventually(t, within, 5*time.Millisecond, what, cond)
 }
 
 func waitOnline(t *testing.T, l *link.Link) {

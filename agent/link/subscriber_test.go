@@ -43,7 +43,7 @@ func TestMQTTSourceAgainstMosquitto(t *testing.T) {
 	pub := publisher(t, b.URL)
 	next := func(payload string) sensor.Frame {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
+		deadline := time.Now().Add(testenv.Patience(10 * time.Second))
 		for time.Now().Before(deadline) {
 			pub.Publish("sensors/a/temp", 1, false, payload).WaitTimeout(time.Second)
 			pctx, pcancel := context.WithTimeout(ctx, 300*time.Millisecond)

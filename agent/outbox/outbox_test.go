@@ -107,13 +107,7 @@ func eqSeqs(a, b []uint64) bool { return fmt.Sprint(a) == fmt.Sprint(b) }
 // waitFor polls cond until it holds; it fails the test after a generous deadline.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testenv.Eventually(t, 10*time.Second, time.Millisecond, func() string { return what }, cond)
 }
 
 func TestRoundTripAndReopen(t *testing.T) {

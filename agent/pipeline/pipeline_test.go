@@ -121,7 +121,7 @@ func TestFullModelQueueDropsOldestAndCounts(t *testing.T) {
 	}
 	q.Close()
 	// Every frame ends as a result or a drop; wait for that, however slow the machine is.
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(testenv.Patience(20 * time.Second))
 	for st := p.Stats()[0]; st.Results+st.Dropped < 50 && time.Now().Before(deadline); st = p.Stats()[0] {
 		time.Sleep(5 * time.Millisecond)
 	}

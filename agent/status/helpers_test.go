@@ -132,13 +132,7 @@ func eventually(t testing.TB, what string, cond func() bool) {
 
 func eventuallyWithin(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.Eventually(t, within, 20*time.Millisecond, func() string { return what }, cond)
 }
 
 // call sends a request to the agent's server and returns the status code and the body.

@@ -82,10 +82,24 @@ type Snapshot struct {
 	MQTT    *MQTT                 `json:"mqtt,omitempty"`
 	Health  []health.Condition    `json:"health"`
 	Drift   []DriftScore          `json:"drift"`
+	// Security is what the device trusts; nil when the agent does not say.
+	Security *Security `json:"security,omitempty"`
 	// Events are the most recent events, oldest first; EventsDropped counts events the
 	// fleet's queue could not take.
 	Events        []result.Event `json:"events"`
 	EventsDropped uint64         `json:"events_dropped"`
+}
+
+// Security is what the device takes from whom (docs/security.md).
+type Security struct {
+	// Commands is "signed" (only signed commands addressed to it), "no key" (signed
+	// commands required and no key configured: none is taken) or "UNSIGNED" (the opt-out).
+	Commands string `json:"commands"`
+	Detail   string `json:"detail"`
+	// Keys are the ids of the trusted keys by role: commands, bundles, update.
+	Keys map[string][]string `json:"keys"`
+	// SharedKeyRoles are the roles that trust the legacy one-for-all trusted_keys.
+	SharedKeyRoles []string `json:"shared_key_roles,omitempty"`
 }
 
 // Source is one sensor source's runner figures.

@@ -34,6 +34,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -42,6 +43,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -84,12 +86,45 @@ var ErrReverted = errors.New("the new binary failed; the previous one is restore
 type Options struct {
 	// Exe is the binary to replace (default: the running executable).
 	Exe string
-	// Verify checks a minisign signature of the binary and returns the signing key's id.
-	Verify func(bin, sig []byte) (keyID string, err error)
+	// Verify checks a minisign signature of the binary and returns what it vouches for: the
+	// signing key, and the version and architecture the signature was made for.
+	Verify func(bin, sig []byte) (Signed, error)
 	// ConfirmWithin is how long the new binary has to reach ready (default 2m).
 	ConfirmWithin time.Duration
 	// FromVersion is the running version, recorded in the pending file.
 	FromVersion string
+}
+
+// Signed is what a verified binary signature vouches for.
+type Signed struct {
+	KeyID   string
+	Version string // the version the binary must report (edge-agent VERSION)
+	Arch    string // GOARCH the binary was built for
+}
+
+// elfMachines are the ELF machine types of the architectures edge-agent is built for.
+var elfMachines = map[string]elf.Machine{
+	"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64, "arm": elf.EM_ARM, "386": elf.EM_386, "riscv64": elf.EM_RISCV,
+}
+
+// checkExecutable refuses anything but an ELF executable for this machine's architecture, so
+// that a signed script, or a binary for another board, is never written or run.
+func checkExecutable(data []byte, signed Signed) error {
+	if signed.Arch != runtime.GOARCH {
+		return fmt.Errorf("it is signed for %s, and this device is %s: send the %s build", signed.Arch, runtime.GOARCH, runtime.GOARCH)
+	}
+	f, err := elf.NewFile(bytes.NewReader(data))
+	if err != nil {
+		return fmt.Errorf("it is not an ELF executable (%v): only edge-agent binaries are installed", err)
+	}
+	defer f.Close()
+	if want, ok := elfMachines[runtime.GOARCH]; ok && f.Machine != want {
+		return fmt.Errorf("it is an ELF file for %v, not for this device's %s", f.Machine, runtime.GOARCH)
+	}
+	if f.Type != elf.ET_EXEC && f.Type != elf.ET_DYN {
+		return fmt.Errorf("it is an ELF %v, not an executable", f.Type)
+	}
+	return nil
 }
 
 // Pending is the pending update file.
@@ -168,9 +203,12 @@ func Apply(ctx context.Context, bin io.Reader, sig []byte, wantSHA256 string, op
 	if wantSHA256 != "" && !strings.EqualFold(wantSHA256, got) {
 		return Pending{}, fmt.Errorf("the new binary's sha256 is %s, not %s: a truncated or wrong download; nothing changed", got, wantSHA256)
 	}
-	keyID, err := opt.Verify(data, sig)
+	signed, err := opt.Verify(data, sig)
 	if err != nil {
-		return Pending{}, fmt.Errorf("the new binary's signature: %w; nothing changed (sign it with a key in trusted_keys: edgectl sign --key K FILE)", err)
+		return Pending{}, fmt.Errorf("the new binary's signature: %w; nothing changed (sign it with a key in update.trusted_keys: edgectl sign --key K --version V FILE)", err)
+	}
+	if err := checkExecutable(data, signed); err != nil {
+		return Pending{}, fmt.Errorf("the new binary is refused: %w; nothing changed", err)
 	}
 	if err := selfupdate.PrepareAndCheckBinary(bytes.NewReader(data), selfupdate.Options{
 		TargetPath: opt.Exe, TargetMode: 0o755, Checksum: sum[:], Hash: crypto.SHA256,
@@ -187,7 +225,11 @@ func Apply(ctx context.Context, bin io.Reader, sig []byte, wantSHA256 string, op
 		os.Remove(p.next)
 		return Pending{}, fmt.Errorf("the new binary does not run on this device: %w; nothing changed", err)
 	}
-	pend := Pending{Schema: PendingSchema, Version: version, SHA256: got, KeyID: keyID, FromVersion: opt.FromVersion,
+	if version != signed.Version {
+		os.Remove(p.next)
+		return Pending{}, fmt.Errorf("the new binary reports version %s but its signature is for %s: refused, nothing changed (sign the binary you send: edgectl sign --version %s)", version, signed.Version, version)
+	}
+	pend := Pending{Schema: PendingSchema, Version: version, SHA256: got, KeyID: signed.KeyID, FromVersion: opt.FromVersion,
 		Applied: time.Now().UTC(), ConfirmWithin: opt.ConfirmWithin}
 	if err := writeJSON(p.pending, pend); err != nil {
 		os.Remove(p.next)

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -17,15 +18,20 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/edge-agent/edge-agent/agent/command"
 	"github.com/edge-agent/edge-agent/agent/config"
 	"github.com/edge-agent/edge-agent/internal/mqtttest"
 	"github.com/edge-agent/edge-agent/internal/testenv"
+	"github.com/edge-agent/edge-agent/models/sign"
 )
 
-// cfgConsole sends commands to one device and keeps the final replies and the metrics count.
+// cfgConsole sends commands to one device, signed with its own command key (real minisign;
+// the agent trusts it through line()), and keeps the final replies and the metrics count.
 type cfgConsole struct {
 	t       *testing.T
 	c       mqtt.Client
+	priv    sign.PrivateKey
+	pub     sign.PublicKey
 	mu      sync.Mutex
 	final   map[string]map[string]any
 	metrics atomic.Int64
@@ -33,6 +39,10 @@ type cfgConsole struct {
 
 func newCfgConsole(t *testing.T, broker, device string) *cfgConsole {
 	k := &cfgConsole{t: t, final: map[string]map[string]any{}}
+	var err error
+	if k.pub, k.priv, err = sign.GenerateKey(); err != nil {
+		t.Fatal(err)
+	}
 	k.c = mqtt.NewClient(mqtt.NewClientOptions().AddBroker(broker).SetClientID("cfg-console").SetProtocolVersion(4))
 	if tok := k.c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("console connect: %v", tok.Error())
@@ -57,13 +67,23 @@ func newCfgConsole(t *testing.T, broker, device string) *cfgConsole {
 	return k
 }
 
-// run sends a command and returns its final reply.
+// line is the agent config line that trusts the console's command key.
+func (k *cfgConsole) line() string { return "commands: {trusted_keys: [" + k.pub.String() + "]}\n" }
+
+// run sends a signed command addressed to device and returns its final reply.
 func (k *cfgConsole) run(device, id, typ, args string) map[string]any {
 	k.t.Helper()
 	now := time.Now().UTC()
-	body := fmt.Sprintf(`{"id":%q,"type":%q,"args":%s,"issued_at":%q,"expires":%q}`, id, typ, args,
-		now.Format(time.RFC3339Nano), now.Add(time.Hour).Format(time.RFC3339Nano))
-	if tok := k.c.Publish("edge/"+device+"/cmd", 1, false, body); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+	body, err := json.Marshal(command.Command{ID: id, Type: typ, Args: json.RawMessage(args), IssuedAt: now, Expires: now.Add(time.Hour), Target: command.ForDevice(device)})
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	sig, err := sign.Sign(k.priv, body, sign.CommandComment)
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	env, _ := json.Marshal(map[string]string{"body": base64.StdEncoding.EncodeToString(body), "sig": string(sig)})
+	if tok := k.c.Publish("edge/"+device+"/cmd", 1, false, env); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		k.t.Fatalf("publish: %v", tok.Error())
 	}
 	var r map[string]any
@@ -94,17 +114,17 @@ func TestConfigCommandPersistsAndReloads(t *testing.T) {
 	bin := buildAgent(t)
 	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{})
 	state := t.TempDir()
+	k := newCfgConsole(t, broker.URL, "cfg-1")
 	cfg := filepath.Join(t.TempDir(), "config.yaml")
 	os.WriteFile(cfg, []byte(`device: cfg-1
 state_dir: `+state+`
 stdout: false
-mqtt: {broker: `+broker.URL+`, backoff_min: 50ms, backoff_max: 200ms}
+`+k.line()+`mqtt: {broker: `+broker.URL+`, backoff_min: 50ms, backoff_max: 200ms}
 sources:
   - {name: sweep, kind: synthetic, rate: 50, synthetic: {wave: sine, phase: true, offset: -3.14159}}
 models:
   - {name: sin, path: `+testenv.Data(t, "sin_model.tflite")+`, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
 `), 0o644)
-	k := newCfgConsole(t, broker.URL, "cfg-1")
 	startAgent := func() (*exec.Cmd, *testenv.LockedBuffer) {
 		cmd := exec.Command(bin, "run", "--config", cfg)
 		logs := &testenv.LockedBuffer{}

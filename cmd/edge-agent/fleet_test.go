@@ -31,7 +31,8 @@ func buildAgent(t testing.TB) string {
 }
 
 // A result printed on stdout was stored first (the outbox is the first sink). Killing the
-// agent with SIGKILL at random moments, 20 times, must lose none of them: all reach the
+// agent with SIGKILL at random moments (after 5..34 printed results and up to 50 ms more),
+// 20 times, must lose none of them: all reach the
 // broker, with the content that was printed, and sequence numbers never repeat.
 func TestKill9LosesNoAcknowledgedResult(t *testing.T) {
 	bin := buildAgent(t)
@@ -87,19 +88,25 @@ models:
 			roundMax = max(roundMax, r.Seq)
 			recorded++
 		}
-		select {
-		case l, ok := <-lines:
-			if !ok {
+		// The kill lands after a random number of printed results and a random moment more,
+		// so every round has results to check however slow the machine is.
+		target := 5 + rand.IntN(30)
+		timeout := time.After(30 * time.Second)
+		for recorded < target {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					cmd.Wait()
+					t.Fatalf("round %d: the agent closed stdout after %d of %d results; stderr:\n%s", round, recorded, target, stderr.String())
+				}
+				record(l)
+			case <-timeout:
+				cmd.Process.Kill()
 				cmd.Wait()
-				t.Fatalf("round %d: the agent closed stdout before printing a result; stderr:\n%s", round, stderr.String())
+				t.Fatalf("round %d: %d of %d results within 30s; stderr:\n%s", round, recorded, target, stderr.String())
 			}
-			record(l)
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			cmd.Wait()
-			t.Fatalf("round %d: no result within 20s; stderr:\n%s", round, stderr.String())
 		}
-		time.Sleep(time.Duration(20+rand.IntN(300)) * time.Millisecond) // a random moment to kill at
+		time.Sleep(time.Duration(rand.IntN(50)) * time.Millisecond) // a random moment to kill at
 		cmd.Process.Signal(syscall.SIGKILL)
 		for l := range lines {
 			record(l)
@@ -112,9 +119,6 @@ models:
 			t.Fatalf("round %d: seq %d after a restart; the previous run had reached %d (sequence numbers repeated)", round, roundMin, prevMax)
 		}
 		prevMax = roundMax
-	}
-	if len(printed) < 200 {
-		t.Fatalf("only %d results acknowledged over 20 rounds; the test needs more load to mean anything", len(printed))
 	}
 
 	// One more run, undisturbed, sends whatever the killed runs left in the outbox.
@@ -131,7 +135,7 @@ models:
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(testenv.Patience(60 * time.Second))
 	for sub.Missing("results", "kill-test", order) > 0 {
 		if time.Now().After(deadline) {
 			missing := sub.Missing("results", "kill-test", order)

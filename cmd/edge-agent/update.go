@@ -75,7 +75,7 @@ func cmdUpdate(args []string, stdout, stderr io.Writer) error {
 	from := fs.String("from", "", "the new binary: an http(s) URL or a file")
 	sigFrom := fs.String("sig", "", "its minisign signature: URL or file (default FROM.minisig)")
 	sum := fs.String("sha256", "", "its sha256 (hex), checked when given")
-	path := fs.String("config", config.DefaultPath, "configuration file (for trusted_keys and update.confirm_within)")
+	path := fs.String("config", config.DefaultPath, "configuration file (for update.trusted_keys and update.confirm_within)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -89,7 +89,7 @@ func cmdUpdate(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	verify, err := agent.BinaryVerifier(cfg.TrustedKeys)
+	verify, err := agent.BinaryVerifier(cfg.Keys(config.RoleUpdate))
 	if err != nil {
 		return fmt.Errorf("config %s: %w", *path, err)
 	}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -56,17 +57,19 @@ func (k *updateKit) build(t *testing.T, version, fault string) string {
 	if b, err := exec.Command("go", "build", "-ldflags", ld, "-o", out, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build %s: %v\n%s", version, err, b)
 	}
-	k.sign(t, out)
+	k.sign(t, out, sign.BinaryComment(version, runtime.GOARCH))
 	return out
 }
 
-func (k *updateKit) sign(t *testing.T, path string) {
+// sign writes path.minisig, a signature by the kit's key with the trusted comment given (an
+// agent binary's is sign.BinaryComment(VERSION, ARCH)).
+func (k *updateKit) sign(t *testing.T, path, comment string) {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sig, err := sign.Sign(k.priv, data, "test")
+	sig, err := sign.Sign(k.priv, data, comment)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +202,7 @@ func TestSelfUpdateCommand(t *testing.T) {
 	srv := httptest.NewServer(files)
 	defer srv.Close()
 
-	svc := startService(t, exe, k.config(t, "up-1", broker.URL, ""), 0)
+	svc := startService(t, exe, k.config(t, "up-1", broker.URL, con.line()), 0)
 	pid := <-svc.starts
 	mqtttest.WaitFor(t, 20*time.Second, "1.0.0 online", func() bool {
 		st := string(statuses.Status("up-1"))
@@ -332,31 +335,62 @@ func TestSelfUpdateRefusals(t *testing.T) {
 	short := filepath.Join(dir, "short")
 	os.WriteFile(short, full[:len(full)-4096], 0o755)
 	os.WriteFile(short+".minisig", must(os.ReadFile(v2+".minisig")), 0o644)
-	_, otherPriv, _ := sign.GenerateKey()
+	otherPub, otherPriv, _ := sign.GenerateKey()
 	forged := filepath.Join(dir, "forged")
 	os.WriteFile(forged, full, 0o755)
 	sig, _ := sign.Sign(otherPriv, full, "forged")
 	os.WriteFile(forged+".minisig", sig, 0o644)
 	notAgent := filepath.Join(dir, "true")
 	os.WriteFile(notAgent, must(os.ReadFile("/bin/true")), 0o755)
-	k.sign(t, notAgent)
-	for name, args := range map[string][]string{
-		"truncated":      {"--from", short},
-		"untrusted key":  {"--from", forged},
-		"wrong sha256":   {"--from", v2, "--sha256", strings.Repeat("0", 64)},
-		"not edge-agent": {"--from", notAgent},
-		"no signature":   {"--from", v2, "--sig", filepath.Join(dir, "missing.minisig")},
-		"missing binary": {"--from", filepath.Join(dir, "nothing")},
+	k.sign(t, notAgent, sign.BinaryComment("2.0.0", runtime.GOARCH))
+	// Signatures by the trusted key that do not vouch for this binary on this device.
+	pwned := filepath.Join(dir, "pwned")
+	script := filepath.Join(dir, "evil.sh")
+	os.WriteFile(script, []byte("#!/bin/sh\necho edge-agent 2.0.0\ntouch "+pwned+"\n"), 0o755)
+	k.sign(t, script, sign.BinaryComment("2.0.0", runtime.GOARCH))
+	resigned := func(name, comment string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, full, 0o755)
+		k.sign(t, p, comment)
+		return p
+	}
+	otherArch := map[string]string{"amd64": "arm64"}[runtime.GOARCH]
+	if otherArch == "" {
+		otherArch = "amd64"
+	}
+	splitCfg := k.config(t, "up-4", "", "update: {trusted_keys: [\""+otherPub.String()+"\"]}\n")
+	for name, tc := range map[string]struct {
+		args []string
+		cfg  string
+		why  string
+	}{
+		"truncated":      {[]string{"--from", short}, cfg, "signature"},
+		"untrusted key":  {[]string{"--from", forged}, cfg, "untrusted key"},
+		"wrong sha256":   {[]string{"--from", v2, "--sha256", strings.Repeat("0", 64)}, cfg, "sha256"},
+		"not edge-agent": {[]string{"--from", notAgent}, cfg, "is it an edge-agent binary"},
+		"no signature":   {[]string{"--from", v2, "--sig", filepath.Join(dir, "missing.minisig")}, cfg, "missing.minisig"},
+		"missing binary": {[]string{"--from", filepath.Join(dir, "nothing")}, cfg, "nothing"},
+		"signed script":  {[]string{"--from", script}, cfg, "not an ELF executable"},
+		"bundle purpose": {[]string{"--from", resigned("as-bundle", sign.BundleComment("edge-agent", 2))}, cfg, "another purpose"},
+		"plain file sig": {[]string{"--from", resigned("as-file", "file:edge-agent")}, cfg, "another purpose"},
+		"other version":  {[]string{"--from", resigned("as-3", sign.BinaryComment("3.0.0", runtime.GOARCH))}, cfg, "reports version 2.0.0 but its signature is for 3.0.0"},
+		"other arch":     {[]string{"--from", resigned("as-arch", sign.BinaryComment("2.0.0", otherArch))}, cfg, "signed for " + otherArch},
+		"not update key": {[]string{"--from", v2}, splitCfg, "untrusted key"},
 	} {
-		out, err := exec.Command(exe, append([]string{"update", "--config", cfg}, args...)...).CombinedOutput()
+		out, err := exec.Command(exe, append([]string{"update", "--config", tc.cfg}, tc.args...)...).CombinedOutput()
 		if err == nil {
 			t.Errorf("%s: update succeeded:\n%s", name, out)
 			continue
 		}
-		t.Logf("%s: %s", name, bytes.TrimSpace(out))
+		if !strings.Contains(string(out), tc.why) {
+			t.Errorf("%s: %s; want the reason to mention %q", name, bytes.TrimSpace(out), tc.why)
+		}
 		if sha256File(t, exe) != before {
 			t.Fatalf("%s: the binary changed", name)
 		}
+	}
+	if _, err := os.Stat(pwned); !os.IsNotExist(err) {
+		t.Errorf("the signed script ran (stat %s: %v)", pwned, err)
 	}
 	if v := versionOf(t, exe); v != "1.0.0" {
 		t.Errorf("binary in place is %s", v)

@@ -21,6 +21,7 @@ import (
 // setting on the group and shows it, and a refused key exits 1 with the device's reason.
 func TestCaptureAndConfig(t *testing.T) {
 	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{})
+	ck := newCommandKey(t)
 	for _, dev := range []string{"cap-a", "cap-b"} {
 		digits := t.TempDir()
 		for d := range 10 {
@@ -33,6 +34,7 @@ func TestCaptureAndConfig(t *testing.T) {
 		a := startAgent(t, fmt.Sprintf(`
 device: %s
 state_dir: %s
+%s
 mqtt: {broker: %s, groups: [cams], backoff_min: 50ms, backoff_max: 200ms, batch_wait: 20ms}
 sources:
   - {name: digits, kind: file, queue: 16, file: {path: %s, poll: 50ms}}
@@ -43,7 +45,7 @@ models:
     queue: 16
     input: {image: {resize: area, color: grey, std: [255]}}
     output: {kind: classification, classification: {top_k: 1}}
-`, dev, t.TempDir(), broker.URL, digits, testenv.Data(t, "mnist_model.tflite")))
+`, dev, t.TempDir(), ck.Line(), broker.URL, digits, testenv.Data(t, "mnist_model.tflite")))
 		eventually(t, dev+" online", func() bool { return strings.Contains(fmt.Sprint(a.FleetStats()["mqtt"]), "online") })
 		// Pictures keep coming: a writer adds a copy every so often until the test ends.
 		stop := make(chan struct{})
@@ -62,7 +64,7 @@ models:
 			}
 		}()
 	}
-	conn := []string{"--broker", broker.URL, "--config", os.DevNull}
+	conn := ck.Conn(t, broker.URL)
 
 	out := t.TempDir()
 	code, stdout, stderr := edgectl(t, append([]string{"capture", "--group", "cams", "--wait-for", "2", "--model", "mnist", "--count", "4", "--out", out, "--timeout", "40s"}, conn...)...)

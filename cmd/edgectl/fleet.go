@@ -41,6 +41,11 @@ type settings struct {
 	KeyFile    string `yaml:"key_file"`
 	ServerName string `yaml:"server_name"`
 	Prefix     string `yaml:"prefix"`
+	// The command key (--sign-key, EDGECTL_SIGN_KEY) and its password file
+	// (--password-file, EDGECTL_SIGN_PASSWORD_FILE): the commands' own flags, not connection
+	// flags, so they are resolved by commandSealer.
+	SignKey          string `yaml:"sign_key"`
+	SignPasswordFile string `yaml:"sign_password_file"`
 }
 
 // fields lists the settings by their flag name, env variable and value, for the precedence rules.
@@ -102,7 +107,7 @@ func (c *connFlags) resolve(getenv func(string) string) (settings, error) {
 			dec := yaml.NewDecoder(bytes.NewReader(b))
 			dec.KnownFields(true)
 			if err := dec.Decode(&s); err != nil && !errors.Is(err, io.EOF) {
-				return s, fmt.Errorf("config file %s: %w: use the keys broker, username, password, ca_file, cert_file, key_file, server_name, prefix", path, err)
+				return s, fmt.Errorf("config file %s: %w: use the keys broker, username, password, ca_file, cert_file, key_file, server_name, prefix, sign_key, sign_password_file", path, err)
 			}
 		case explicit || !errors.Is(err, os.ErrNotExist):
 			return s, fmt.Errorf("config file: %w: check --config", err)
@@ -116,6 +121,11 @@ func (c *connFlags) resolve(getenv func(string) string) (settings, error) {
 		}
 		if set[f.flag] {
 			*f.v = *fv[i].v
+		}
+	}
+	for v, env := range map[*string]string{&s.SignKey: "EDGECTL_SIGN_KEY", &s.SignPasswordFile: "EDGECTL_SIGN_PASSWORD_FILE"} {
+		if e := getenv(env); e != "" {
+			*v = e
 		}
 	}
 	if s.Prefix == "" {
@@ -193,17 +203,30 @@ func (t *target) topic(prefix string) (string, error) {
 	return prefix + "/all/cmd", nil
 }
 
+// name is the target as a signed command names it (command.Command.Target).
+func (t *target) name() string {
+	switch {
+	case t.device != "":
+		return command.ForDevice(t.device)
+	case t.group != "":
+		return command.ForGroup(t.group)
+	}
+	return command.TargetAll
+}
+
 // sendOpts are the flags of every command-sending subcommand.
 type sendOpts struct {
-	conn    *connFlags
-	target  *target
-	ttl     time.Duration
-	timeout time.Duration
-	waitFor int
-	json    bool
-	signKey string // minisign secret key: send the command as a signed envelope
-	signPw  string // file holding that key's password
-	id      string // command id (default: a new random one)
+	conn     *connFlags
+	target   *target
+	ttl      time.Duration
+	timeout  time.Duration
+	waitFor  int
+	json     bool
+	signKey  string // minisign secret key: send the command as a signed envelope
+	signPw   string // file holding that key's password
+	unsigned bool   // send plain JSON (devices with commands.require_signed: false only)
+	id       string // command id (default: a new random one)
+	seal     func(body []byte) ([]byte, error)
 }
 
 func addSendFlags(fs *flag.FlagSet) *sendOpts {
@@ -212,25 +235,43 @@ func addSendFlags(fs *flag.FlagSet) *sendOpts {
 	fs.DurationVar(&o.timeout, "timeout", 60*time.Second, "stop waiting for replies after this long")
 	fs.IntVar(&o.waitFor, "wait-for", 0, "with --group/--all: stop once this many devices finished")
 	fs.BoolVar(&o.json, "json", false, "print one JSON object per reply line")
-	fs.StringVar(&o.signKey, "sign-key", "", "minisign secret key: send a signed envelope (for agents with commands.require_signed)")
-	fs.StringVar(&o.signPw, "password-file", "", "password of --sign-key")
+	fs.StringVar(&o.signKey, "sign-key", "", "the fleet's command key (minisign secret key) that signs the command (default EDGECTL_SIGN_KEY, or sign_key in the config file)")
+	fs.StringVar(&o.signPw, "password-file", "", "password of --sign-key (default EDGECTL_SIGN_PASSWORD_FILE, or sign_password_file)")
+	fs.BoolVar(&o.unsigned, "unsigned", false, "send the command unsigned: only devices with commands.require_signed: false take it")
 	return o
 }
 
-// envelope wraps a command body in the signed form agents with commands.require_signed take:
-// {"body": base64(body), "sig": minisign signature of body}.
-func envelope(body []byte, keyPath, pwFile string) ([]byte, error) {
-	priv, err := readSecretKey(keyPath, pwFile)
-	if err != nil {
-		return nil, err
+// commandSealer returns how commands are sent: signed with the command key (flagKey, or the
+// settings' sign_key), or plain when unsigned is set. Without either it refuses, because
+// devices take signed commands only by default.
+func commandSealer(flagKey, flagPw string, s settings, unsigned bool) (func(body []byte) ([]byte, error), error) {
+	switch {
+	case unsigned && flagKey != "":
+		return nil, usageError{errors.New("give --unsigned or --sign-key, not both")}
+	case unsigned: // wins over a key from the environment or the settings file
+		return func(body []byte) ([]byte, error) { return body, nil }, nil
 	}
-	return sealCommand(priv, body, "edgectl command")
+	key, pw := flagKey, flagPw
+	if key == "" {
+		key = s.SignKey
+	}
+	if pw == "" {
+		pw = s.SignPasswordFile
+	}
+	if key == "" {
+		return nil, errors.New("no command key: devices take only signed commands: give --sign-key KEY (or EDGECTL_SIGN_KEY, or sign_key in the settings file) with the fleet's command key; --unsigned only for devices with commands.require_signed: false")
+	}
+	priv, err := readSecretKey(key, pw)
+	if err != nil {
+		return nil, fmt.Errorf("command key: %w", err)
+	}
+	return func(body []byte) ([]byte, error) { return sealCommand(priv, body) }, nil
 }
 
-// sealCommand signs a command body and wraps it in the envelope, with comment as the
-// signature's trusted comment.
-func sealCommand(priv sign.PrivateKey, body []byte, comment string) ([]byte, error) {
-	sig, err := sign.Sign(priv, body, comment)
+// sealCommand signs a command body for its purpose (sign.CommandComment) and wraps it in the
+// envelope agents take: {"body": base64(body), "sig": minisign signature of body}.
+func sealCommand(priv sign.PrivateKey, body []byte) ([]byte, error) {
+	sig, err := sign.Sign(priv, body, sign.CommandComment)
 	if err != nil {
 		return nil, fmt.Errorf("sign command: %w", err)
 	}
@@ -275,6 +316,9 @@ func (o *sendOpts) dial(ctx context.Context) (settings, string, *fleetclient.Cli
 	if err != nil {
 		return s, "", nil, err
 	}
+	if o.seal, err = commandSealer(o.signKey, o.signPw, s, o.unsigned); err != nil {
+		return s, "", nil, err
+	}
 	cl, err := connect(ctx, s)
 	return s, topic, cl, err
 }
@@ -295,7 +339,7 @@ func (o *sendOpts) send(typ string, args json.RawMessage, bars bool, stdout, std
 	if id == "" {
 		id = newID()
 	}
-	c := command.Command{ID: id, Type: typ, Args: args, IssuedAt: now, Expires: now.Add(o.ttl)}
+	c := command.Command{ID: id, Type: typ, Args: args, IssuedAt: now, Expires: now.Add(o.ttl), Target: o.target.name()}
 	body, err := json.Marshal(c)
 	if err != nil {
 		return fmt.Errorf("encode command: %w", err)
@@ -320,11 +364,9 @@ func (o *sendOpts) send(typ string, args json.RawMessage, bars bool, stdout, std
 	if err != nil {
 		return err
 	}
-	payload := body
-	if o.signKey != "" {
-		if payload, err = envelope(body, o.signKey, o.signPw); err != nil {
-			return err
-		}
+	payload, err := o.seal(body)
+	if err != nil {
+		return err
 	}
 	if err := cl.Publish(topic, 1, false, payload); err != nil {
 		return err
@@ -509,7 +551,7 @@ func cmdDeploy(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("read bundle: %w", err)
 		}
 		maxChunks := fleetclient.MaxPushChunks
-		if o.signKey != "" {
+		if !o.unsigned {
 			maxChunks = fleetclient.MaxSignedPushChunks
 		}
 		plan, err := fleetclient.PlanPush(f, fi.Size(), maxChunks)

@@ -45,6 +45,39 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// commandKey is a fleet command key for a test: agents trust Pub (the config line Line),
+// and edgectl signs with the secret key through the settings file Conn names.
+type commandKey struct {
+	Priv sign.PrivateKey
+	Pub  sign.PublicKey
+	Path string // the secret key file (unencrypted)
+}
+
+func newCommandKey(t *testing.T) *commandKey {
+	t.Helper()
+	pub, priv, err := sign.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &commandKey{Priv: priv, Pub: pub, Path: filepath.Join(t.TempDir(), "command.key")}
+	if err := sign.WritePrivateKey(k.Path, priv, nil); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// Line is the agent config line that trusts the key for commands.
+func (k *commandKey) Line() string { return "commands: {trusted_keys: [" + k.Pub.String() + "]}" }
+
+// Conn returns the connection flags for broker with an edgectl settings file whose sign_key
+// is this key, so every command edgectl sends is signed as an operator's would be.
+func (k *commandKey) Conn(t *testing.T, broker string) []string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "edgectl.yaml")
+	writeFile(t, file, "sign_key: "+k.Path+"\n")
+	return []string{"--broker", broker, "--config", file}
+}
+
 // startAgent runs a real agent in-process until the test ends.
 func startAgent(t *testing.T, yml string) *agent.Agent {
 	t.Helper()
@@ -78,13 +111,7 @@ func startAgent(t *testing.T, yml string) *agent.Agent {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.Eventually(t, 20*time.Second, 20*time.Millisecond, func() string { return what }, cond)
 }
 
 // jsonLines decodes every JSON object line of out.
@@ -120,6 +147,7 @@ func lastStatus(rs []map[string]any) map[string]map[string]any {
 func TestFleetConsole(t *testing.T) {
 	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{})
 	f := bundletest.NewFleet(t)
+	ck := newCommandKey(t)
 	v1 := f.Pack(t, bundletest.Opt{Version: "1.0.0", Seq: 1})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, v1) }))
 	defer srv.Close()
@@ -128,19 +156,20 @@ func TestFleetConsole(t *testing.T) {
 		agents[dev] = startAgent(t, fmt.Sprintf(`
 device: %s
 state_dir: %s
-trusted_keys: [%s]
+bundles: {trusted_keys: [%s]}
+%s
 probation: {inferences: 5}
 mqtt: {broker: %s, groups: [g], backoff_min: 50ms, backoff_max: 200ms, status_every: 1s}
 sources:
   - {name: sweep, kind: synthetic, rate: 200, synthetic: {wave: sine, phase: true, offset: -3.14159}}
 models:
   - {name: sin, sources: [sweep]}
-`, dev, t.TempDir(), f.Pub.String(), broker.URL))
+`, dev, t.TempDir(), f.Pub.String(), ck.Line(), broker.URL))
 	}
 	for dev, a := range agents {
 		eventually(t, dev+" online", func() bool { return strings.Contains(fmt.Sprint(a.FleetStats()["mqtt"]), "online") })
 	}
-	conn := []string{"--broker", broker.URL, "--config", os.DevNull}
+	conn := ck.Conn(t, broker.URL)
 
 	t.Run("ping", func(t *testing.T) {
 		code, out, errOut := edgectl(t, append([]string{"cmd", "--device", "dev-a", "ping", "--json"}, conn...)...)
@@ -221,23 +250,32 @@ models:
 	})
 
 	t.Run("signed commands", func(t *testing.T) {
+		// dev-s is configured as recommended: a command key apart from the bundle key.
 		signed := startAgent(t, fmt.Sprintf(`
 device: dev-s
 state_dir: %s
-trusted_keys: [%s]
-commands: {require_signed: true}
+bundles: {trusted_keys: [%s]}
+%s
 mqtt: {broker: %s, backoff_min: 50ms, backoff_max: 200ms}
-`, t.TempDir(), f.Pub.String(), broker.URL))
+`, t.TempDir(), f.Pub.String(), ck.Line(), broker.URL))
 		eventually(t, "dev-s online", func() bool { return strings.Contains(fmt.Sprint(signed.FleetStats()["mqtt"]), "online") })
-		key := filepath.Join(t.TempDir(), "fleet.key")
-		if err := sign.WritePrivateKey(key, f.Priv, nil); err != nil {
+		bundleKey := filepath.Join(t.TempDir(), "bundle.key")
+		if err := sign.WritePrivateKey(bundleKey, f.Priv, nil); err != nil {
 			t.Fatal(err)
 		}
-		code, out, errOut := edgectl(t, append([]string{"ping", "--device", "dev-s", "--timeout", "10s"}, conn...)...)
-		if code != 1 || !strings.Contains(out+errOut, "signed") {
+		code, out, errOut := edgectl(t, append([]string{"ping", "--device", "dev-s", "--timeout", "10s", "--unsigned"}, conn...)...)
+		if code != 1 || !strings.Contains(out+errOut, "not signed") {
 			t.Errorf("unsigned ping: exit %d, %q %q; want 1 and a reason about signing", code, out, errOut)
 		}
-		code, out, errOut = edgectl(t, append([]string{"ping", "--device", "dev-s", "--sign-key", key, "--json"}, conn...)...)
+		code, out, errOut = edgectl(t, "ping", "--device", "dev-s", "--timeout", "10s", "--broker", broker.URL, "--config", os.DevNull, "--sign-key", bundleKey)
+		if code != 1 || !strings.Contains(out+errOut, "untrusted key") {
+			t.Errorf("ping signed with the bundle key: exit %d, %q %q; want 1, untrusted key", code, out, errOut)
+		}
+		code, out, errOut = edgectl(t, "ping", "--device", "dev-s", "--timeout", "10s", "--broker", broker.URL, "--config", os.DevNull)
+		if code != 1 || !strings.Contains(errOut, "no command key") || !strings.Contains(errOut, "--sign-key") {
+			t.Errorf("ping without any key: exit %d, %q; want 1 saying how to give the command key", code, errOut)
+		}
+		code, out, errOut = edgectl(t, append([]string{"ping", "--device", "dev-s", "--json"}, conn...)...)
 		if rs := jsonLines(t, out); code != 0 || len(rs) < 2 || rs[len(rs)-1]["status"] != "done" {
 			t.Errorf("signed ping: exit %d, %q %q; want done", code, out, errOut)
 		}

@@ -52,7 +52,12 @@ func cmdKeygen(args []string, stdout, stderr io.Writer) error {
 	if err := os.WriteFile(pubPath, []byte(pubFile), 0o644); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "key id   %s\nsecret   %s (keep it off the devices)\npublic   %s\n\nput this in the agents' config:\ntrusted_keys:\n  - %s\n", pub.ID(), keyPath, pubPath, pub.String())
+	fmt.Fprintf(stdout, "key id   %s\nsecret   %s (keep it off the devices)\npublic   %s\n\n"+
+		"put it in the agents' config under the one role this key has (docs/security.md):\n"+
+		"  commands: {trusted_keys: [%s]}   # the fleet server's key: signs commands\n"+
+		"  bundles:  {trusted_keys: [%s]}   # signs model bundles (keep it offline)\n"+
+		"  update:   {trusted_keys: [%s]}   # signs agent binaries (keep it offline)\n",
+		pub.ID(), keyPath, pubPath, pub.String(), pub.String(), pub.String())
 	return nil
 }
 
@@ -104,10 +109,7 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	b, err := bundle.Open(f, dir, bundle.OpenOptions{Verify: func(m, s []byte) (string, error) {
-		r, err := v.Verify(m, s)
-		return r.KeyID, err
-	}})
+	b, err := bundle.Open(f, dir, bundle.OpenOptions{Verify: bundle.VerifyWith(v)})
 	if err != nil {
 		return fmt.Errorf("%s: %w", fs.Arg(0), err)
 	}
@@ -140,10 +142,11 @@ func cmdInspect(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
+		verify := bundle.VerifyWith(v)
 		opt.Verify = func(m, s []byte) (string, error) {
-			r, err := v.Verify(m, s)
-			signedBy = "signed by " + r.KeyID
-			return r.KeyID, err
+			id, err := verify(m, s)
+			signedBy = "signed by " + id
+			return id, err
 		}
 	}
 	m, _, _, err := bundle.ReadManifest(f, opt)
@@ -246,7 +249,7 @@ func cmdSign(args []string, stdout, stderr io.Writer) error {
 			if err := json.Unmarshal(data, &m); err != nil {
 				return fmt.Errorf("%s: manifest: %w", path, err)
 			}
-			sig, err := sign.Sign(priv, data, fmt.Sprintf("edge-agent bundle %s %s sequence %d", m.Name, m.Version, m.Sequence))
+			sig, err := sign.Sign(priv, data, sign.BundleComment(m.Name, m.Sequence))
 			if err != nil {
 				return err
 			}

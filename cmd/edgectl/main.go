@@ -29,7 +29,8 @@ Usage:
   edgectl bundle sign --key K [--password-file F] BUNDLE  (re)sign a bundle's manifest in place
   edgectl bundle verify --pub P [--pub P2] BUNDLE         check signature, every file's sha256 and the manifest
   edgectl bundle inspect [--json] [--pub P] BUNDLE        show the manifest
-  edgectl sign --key K [--password-file F] FILE          FILE.minisig: sign an agent binary (edge-agent update)
+  edgectl sign --key K [--password-file F] [--version V] FILE   FILE.minisig: sign an agent binary (ELF only;
+                                               the signature names its version and architecture)
   edgectl version
 
 Fleet commands (MQTT; docs/mqtt.md):
@@ -52,7 +53,7 @@ Fleet commands (MQTT; docs/mqtt.md):
   edgectl watch [--device ID] [--results] [--events] [--count N] [--timeout D] [--json]
                                                live results and events, one line per record, until Ctrl-C
   edgectl serve --dir BUNDLES --state FILE [--listen 127.0.0.1:8070] [--public-url URL] [--tls-cert F --tls-key F]
-        [--token-file F] [--instance NAME] [--share GROUP] [--sign-key K]
+        [--token-file F] [--instance NAME] [--share GROUP] [--sign-key K | --unsigned-commands]
                                                fleet server: hosts BUNDLES/*.tar.gz (Range requests) and runs
                                                staged, telemetry-gated rollouts of them (docs/fleet-server.md)
   edgectl rollout start [--server URL] [--token-file F] TARGET [--stages 5,25,100] [--max-failures N]
@@ -67,7 +68,10 @@ Fleet commands (MQTT; docs/mqtt.md):
   TARGET is one of --device ID, --group G, --all.
   Command flags: --ttl 10m (expiry), --timeout 60s (wait for replies), --wait-for N (with --group/--all:
   stop once N devices finished), --json (one reply object per line, then a summary object),
-  --sign-key K [--password-file F] (send a minisign-signed envelope, for agents with commands.require_signed).
+  --sign-key K [--password-file F]: the fleet's command key, which signs every command (devices take only
+  signed commands by default); also EDGECTL_SIGN_KEY and EDGECTL_SIGN_PASSWORD_FILE, or sign_key and
+  sign_password_file in the settings file. --unsigned sends plain JSON, for devices with
+  commands.require_signed: false only.
   Exit status 0 when every device that replied finished done; 1 when one failed or did not finish.
 
   Connection flags (every fleet command): --broker tcp://host:1883|ssl://host:8883, --username, --password,
@@ -75,7 +79,8 @@ Fleet commands (MQTT; docs/mqtt.md):
   Each may come from EDGECTL_BROKER, EDGECTL_USERNAME, EDGECTL_PASSWORD, EDGECTL_CA_FILE, EDGECTL_CERT_FILE,
   EDGECTL_KEY_FILE, EDGECTL_SERVER_NAME, EDGECTL_PREFIX, or the YAML file --config (default
   $HOME/.config/edgectl/config.yaml when it exists) with keys broker, username, password, ca_file,
-  cert_file, key_file, server_name, prefix. A flag wins over the environment, which wins over the file.
+  cert_file, key_file, server_name, prefix, sign_key, sign_password_file. A flag wins over the environment,
+  which wins over the file.
 
 docs/bundle-format.md describes bundles; docs/models.md the agent side.
 `

@@ -86,7 +86,7 @@ func cmdPack(args []string, stdout, stderr io.Writer) error {
 	}
 	defer os.Remove(tmp)
 	final, err := bundle.Pack(f, man, files, func(m []byte) ([]byte, error) {
-		return sign.Sign(priv, m, fmt.Sprintf("edge-agent bundle %s %s sequence %d", man.Name, man.Version, man.Sequence))
+		return sign.Sign(priv, m, sign.BundleComment(man.Name, man.Sequence))
 	}, bundle.PackOptions{Gzip: strings.HasSuffix(*out, ".gz") || strings.HasSuffix(*out, ".tgz")})
 	if cerr := f.Close(); err == nil {
 		err = cerr

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -23,6 +22,7 @@ import (
 func TestDeployPushesOverMQTT(t *testing.T) {
 	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{})
 	f := bundletest.NewFleet(t)
+	ck := newCommandKey(t)
 	pad := make([]byte, 500<<10) // a bundle of about 510 KiB: two 256 KiB chunks
 	rand.Read(pad)
 	padded := func(m *bundle.Manifest) { m.Notes = base64.StdEncoding.EncodeToString(pad) }
@@ -34,19 +34,20 @@ func TestDeployPushesOverMQTT(t *testing.T) {
 		agents[dev] = startAgent(t, fmt.Sprintf(`
 device: %s
 state_dir: %s
-trusted_keys: [%s]
+bundles: {trusted_keys: [%s]}
+%s
 probation: {inferences: 5}
 mqtt: {broker: %s, groups: [g], backoff_min: 50ms, backoff_max: 200ms}
 sources:
   - {name: sweep, kind: synthetic, rate: 200, synthetic: {wave: sine, phase: true, offset: -3.14159}}
 models:
   - {name: sin, sources: [sweep]}
-`, dev, states[dev], f.Pub.String(), broker.URL))
+`, dev, states[dev], f.Pub.String(), ck.Line(), broker.URL))
 	}
 	for dev, a := range agents {
 		eventually(t, dev+" online", func() bool { return strings.Contains(fmt.Sprint(a.FleetStats()["mqtt"]), "online") })
 	}
-	conn := []string{"--broker", broker.URL, "--config", os.DevNull}
+	conn := ck.Conn(t, broker.URL)
 
 	code, out, errOut := edgectl(t, append([]string{"deploy", "--group", "g", v1, "--wait-for", "2", "--timeout", "60s"}, conn...)...)
 	if code != 0 {

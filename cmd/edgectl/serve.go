@@ -66,8 +66,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, started
 	host, _ := os.Hostname()
 	instance := fs.String("instance", sanitizeInstance(host), "name of this serve instance (unique per broker; default the host name)")
 	share := fs.String("share", "", "read replies, events and metrics through shared subscriptions of this group, with other instances")
-	signKey := fs.String("sign-key", "", "minisign secret key: send commands as signed envelopes (agents with commands.require_signed)")
-	signPw := fs.String("password-file", "", "password of --sign-key")
+	signKey := fs.String("sign-key", "", "the fleet's command key (minisign secret key) that signs every command serve sends (default EDGECTL_SIGN_KEY, or sign_key in the config file)")
+	signPw := fs.String("password-file", "", "password of --sign-key (default EDGECTL_SIGN_PASSWORD_FILE, or sign_password_file)")
+	unsigned := fs.Bool("unsigned-commands", false, "send commands unsigned: only devices with commands.require_signed: false take them")
 	settle := fs.Duration("settle", time.Second, "collect the retained device statuses this long before taking requests")
 	pos, err := parseMixed(fs, args)
 	if err != nil {
@@ -103,17 +104,16 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, started
 	if !loopback(*listen) && token == nil {
 		return fmt.Errorf("--listen %s is not a loopback address: give --token-file, so that only holders of the token can start and halt rollouts, or listen on 127.0.0.1", *listen)
 	}
-	var seal func([]byte) ([]byte, error)
-	if *signKey != "" {
-		priv, err := readSecretKey(*signKey, *signPw)
-		if err != nil {
-			return fmt.Errorf("--sign-key: %w", err)
-		}
-		seal = func(body []byte) ([]byte, error) { return sealCommand(priv, body, "edgectl serve command") }
-	}
 	s, err := conn.resolve(os.Getenv)
 	if err != nil {
 		return err
+	}
+	seal, err := commandSealer(*signKey, *signPw, s, *unsigned)
+	if err != nil {
+		return fmt.Errorf("serve sends the rollouts' commands: %w", err)
+	}
+	if *unsigned {
+		fmt.Fprintln(stderr, "WARNING: --unsigned-commands: serve sends commands unsigned; only devices with commands.require_signed: false take them")
 	}
 	root, err := os.OpenRoot(*dir)
 	if err != nil {

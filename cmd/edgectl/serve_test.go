@@ -32,7 +32,8 @@ import (
 const serveAgentYAML = `
 device: %s
 state_dir: %s
-trusted_keys: [%s]
+bundles: {trusted_keys: [%s]}
+%s
 probation: {inferences: 5, max_error_rate: 1}
 mqtt: {broker: %s, groups: [g], backoff_min: 50ms, backoff_max: 200ms, status_every: 1s, metrics_every: 200ms}
 sources:
@@ -45,7 +46,8 @@ models:
 type serveFleet struct {
 	broker *testenv.Broker
 	keys   *bundletest.Fleet
-	dir    string // the bundle folder serve hosts
+	cmdKey *commandKey // the only key on the serve host: it signs commands, not bundles
+	dir    string      // the bundle folder serve hosts
 	names  []string
 	agents map[string]*agent.Agent
 	states map[string]string // device → state_dir
@@ -53,13 +55,13 @@ type serveFleet struct {
 
 func newServeFleet(t *testing.T, n int) *serveFleet {
 	t.Helper()
-	fl := &serveFleet{broker: testenv.MosquittoWith(t, testenv.BrokerConfig{}), keys: bundletest.NewFleet(t), dir: t.TempDir(),
+	fl := &serveFleet{broker: testenv.MosquittoWith(t, testenv.BrokerConfig{}), keys: bundletest.NewFleet(t), cmdKey: newCommandKey(t), dir: t.TempDir(),
 		agents: map[string]*agent.Agent{}, states: map[string]string{}}
 	v1 := fl.keys.Pack(t, bundletest.Opt{Version: "1.0.0", Seq: 1})
 	for i := range n {
 		dev := fmt.Sprintf("dev-%d", i)
 		state := t.TempDir()
-		a := startAgent(t, fmt.Sprintf(serveAgentYAML, dev, state, fl.keys.Pub.String(), fl.broker.URL))
+		a := startAgent(t, fmt.Sprintf(serveAgentYAML, dev, state, fl.keys.Pub.String(), fl.cmdKey.Line(), fl.broker.URL))
 		if _, err := a.Deploy().InstallFile(context.Background(), v1); err != nil {
 			t.Fatalf("%s: install 1.0.0: %v", dev, err)
 		}
@@ -114,8 +116,8 @@ func startServe(t *testing.T, fl *serveFleet, state string, extra ...string) *ru
 	ctx, cancel := context.WithCancel(context.Background())
 	rs := &runningServe{cancel: cancel, done: make(chan error, 1), log: &syncBuffer{}}
 	up := make(chan *server, 1)
-	args := append([]string{"--listen", "127.0.0.1:0", "--dir", fl.dir, "--state", state, "--broker", fl.broker.URL,
-		"--config", os.DevNull, "--settle", "300ms"}, extra...)
+	args := append(append([]string{"--listen", "127.0.0.1:0", "--dir", fl.dir, "--state", state},
+		fl.cmdKey.Conn(t, fl.broker.URL)...), append([]string{"--settle", "300ms"}, extra...)...)
 	go func() { rs.done <- serve(ctx, args, io.Discard, rs.log, func(s *server) { up <- s }) }()
 	select {
 	case rs.server = <-up:
@@ -208,7 +210,7 @@ func (rs *runningServe) get(t *testing.T, id string) rollout.Rollout {
 // waitRollout waits (at most 45s) until the rollout finished and checks how.
 func (rs *runningServe) waitRollout(t *testing.T, id, want string) rollout.Rollout {
 	t.Helper()
-	deadline := time.Now().Add(45 * time.Second)
+	deadline := time.Now().Add(testenv.Patience(45 * time.Second))
 	for {
 		ro := rs.get(t, id)
 		if ro.State != rollout.StateRunning {
@@ -401,7 +403,7 @@ func TestRolloutHaltsOnErrorRateAndRollsBack(t *testing.T) {
 	if first.Outcome != "done" || first.Rollback == nil || first.Rollback.Version != "1.0.0" {
 		t.Fatalf("stage 1 device %+v; want done, then a rollback to 1.0.0", *first)
 	}
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(testenv.Patience(20 * time.Second))
 	for rs.get(t, id).Devices[slices.IndexFunc(ro.Devices, func(d *rollout.Device) bool { return d.ID == first.ID })].Rollback.Outcome != "done" {
 		if time.Now().After(deadline) {
 			t.Fatalf("the rollback of %s did not reply done within 20s", first.ID)

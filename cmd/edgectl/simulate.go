@@ -27,6 +27,7 @@ import (
 	"github.com/edge-agent/edge-agent/agent/link"
 	"github.com/edge-agent/edge-agent/internal/fleetclient"
 	"github.com/edge-agent/edge-agent/internal/simfleet"
+	"github.com/edge-agent/edge-agent/models/sign"
 )
 
 // simDeployURL is what the simulated deploy names. The .invalid domain never resolves, so a
@@ -107,7 +108,18 @@ func cmdSimulate(args []string, stdout, stderr io.Writer) error {
 	if o.verbose {
 		level = slog.LevelInfo
 	}
+	// The simulated devices take signed commands only, as agents do by default: the deploy is
+	// signed with a key made for this run, so the simulation costs what the real check costs.
+	pub, priv, err := sign.GenerateKey()
+	if err != nil {
+		return err
+	}
+	verifier, err := sign.NewVerifier(pub)
+	if err != nil {
+		return err
+	}
 	fleet, err := simfleet.New(simfleet.Config{
+		VerifyCommand: verifier.VerifyCommand,
 		Link: link.Config{Broker: s.Broker, Prefix: s.Prefix, Username: s.Username, Password: s.Password,
 			CAFile: s.CAFile, CertFile: s.CertFile, KeyFile: s.KeyFile, ServerName: s.ServerName},
 		Devices: o.devices, Group: o.group, ResultsPerSec: o.rate, DeployTime: o.deployTime,
@@ -117,7 +129,7 @@ func cmdSimulate(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	sim := &simulation{opt: o, broker: s.Broker, prefix: s.Prefix, out: stdout, fleet: fleet, ids: fleet.IDs(), release: stop}
+	sim := &simulation{opt: o, broker: s.Broker, prefix: s.Prefix, out: stdout, fleet: fleet, ids: fleet.IDs(), release: stop, key: priv}
 	sim.results = newResultCounter(s.Prefix, sim.ids)
 	// The console subscribes before any device starts, so every result is counted. Results and
 	// replies have a client each: the deploy's replies never wait behind a results backlog.
@@ -153,6 +165,7 @@ type simulation struct {
 	results *resultCounter
 	deploy  *deployTracker      // nil without --deploy
 	cmdCl   *fleetclient.Client // sends the deploy and hears the replies
+	key     sign.PrivateKey     // signs the deploy (the devices trust its public half)
 	release func()              // gives Ctrl-C back to the default: a second one during the stop ends the process
 
 	start    time.Time
@@ -250,17 +263,21 @@ func (s *simulation) offered() float64 { return float64(s.opt.devices) * s.opt.r
 
 // sendDeploy publishes one deploy command to the group (or all devices).
 func (s *simulation) sendDeploy() {
-	topic := s.prefix + "/group/" + s.opt.group + "/cmd"
+	topic, target := s.prefix+"/group/"+s.opt.group+"/cmd", command.ForGroup(s.opt.group)
 	if s.opt.all {
-		topic = s.prefix + "/all/cmd"
+		topic, target = s.prefix+"/all/cmd", command.TargetAll
 	}
 	sum := sha256.Sum256([]byte("edgectl simulate"))
 	a, _ := json.Marshal(map[string]string{"url": simDeployURL, "sha256": hex.EncodeToString(sum[:])})
 	now := time.Now().UTC()
-	c := command.Command{ID: newID(), Type: "deploy", Args: a, IssuedAt: now, Expires: now.Add(simDeployTTL)}
+	c := command.Command{ID: newID(), Type: "deploy", Args: a, IssuedAt: now, Expires: now.Add(simDeployTTL), Target: target}
 	body, _ := json.Marshal(c)
 	s.deploy.start(c.ID, topic)
-	if err := s.cmdCl.Publish(topic, 1, false, body); err != nil {
+	body, err := sealCommand(s.key, body)
+	if err == nil {
+		err = s.cmdCl.Publish(topic, 1, false, body)
+	}
+	if err != nil {
 		s.deploy.failedToSend(err)
 		s.emit("deploy not sent: "+err.Error(), map[string]any{"event": "deploy_error", "error": err.Error()})
 		return

@@ -12,6 +12,7 @@ import (
 
 	"github.com/edge-agent/edge-agent/hal/sensor"
 	"github.com/edge-agent/edge-agent/hal/sensor/internal/sensortest"
+	"github.com/edge-agent/edge-agent/internal/testenv"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -55,7 +56,7 @@ func TestRunnerRestartsWithGrowingBackoff(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	wait := runInBackground(t, ctx, r)
 
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(testenv.Patience(3 * time.Second))
 	for r.Stats().Restarts < 5 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}

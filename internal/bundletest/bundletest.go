@@ -51,6 +51,8 @@ type Opt struct {
 	Golden    int        // golden vectors (default 3)
 	Edit      func(*bundle.Manifest)
 	Signer    *sign.PrivateKey // default the fleet key
+	// Comment is the signature's trusted comment (default sign.BundleComment(Name, Seq)).
+	Comment string
 }
 
 // Pack builds a signed .tar.gz bundle of a real model and returns its path.
@@ -89,8 +91,12 @@ func (f *Fleet) Pack(t testing.TB, o Opt) string {
 		t.Fatal(err)
 	}
 	defer out.Close()
+	comment := o.Comment
+	if comment == "" {
+		comment = sign.BundleComment(m.Name, m.Sequence)
+	}
 	if _, err := bundle.Pack(out, m, map[string]string{"model.tflite": o.ModelPath}, func(b []byte) ([]byte, error) {
-		return sign.Sign(key, b, "test bundle")
+		return sign.Sign(key, b, comment)
 	}, bundle.PackOptions{Gzip: true}); err != nil {
 		t.Fatalf("pack: %v", err)
 	}

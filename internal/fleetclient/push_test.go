@@ -101,7 +101,7 @@ func TestPusherAnswersNeeds(t *testing.T) {
 	need("cmd-1", strings.Repeat("0", 64), "[0]")
 	need("cmd-1", plan.SHA256, "[2, 0, 7]") // 7 is out of range
 	head := func(i int) string { return fmt.Sprintf(`{"sha256":%q,"index":%d}`, plan.SHA256, i) }
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(testenv.Patience(10 * time.Second))
 	for {
 		mu.Lock()
 		n := len(got)

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/edge-agent/edge-agent/internal/testenv"
 )
 
 // Consumer collects result and event envelopes (edge-agent/results/v1, edge-agent/events/v1)
@@ -207,11 +209,5 @@ func (k *Consumer) Status(device string) json.RawMessage {
 // WaitFor polls cond until it holds or the timeout passes, then fails the test with what.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.Eventually(t, timeout, 20*time.Millisecond, func() string { return what }, cond)
 }

@@ -669,7 +669,7 @@ func (e *Engine) sendCommand(dev, id, typ string, args any, ttl time.Duration, u
 	ttl = min(max(ttl, time.Minute), 24*time.Hour)
 	a, _ := json.Marshal(args)
 	now := e.now().UTC()
-	body, err := json.Marshal(command.Command{ID: id, Type: typ, Args: a, IssuedAt: now, Expires: now.Add(ttl)})
+	body, err := json.Marshal(command.Command{ID: id, Type: typ, Args: a, IssuedAt: now, Expires: now.Add(ttl), Target: command.ForDevice(dev)})
 	if err == nil && e.opt.Seal != nil {
 		body, err = e.opt.Seal(body)
 	}

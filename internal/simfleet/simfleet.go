@@ -65,6 +65,9 @@ type Config struct {
 	// DeployTime is how long a simulated deploy takes from accepted to done (default
 	// DefaultDeployTime), with progress replies on the way.
 	DeployTime time.Duration
+	// VerifyCommand checks a signed command as an agent does (signature, key and purpose);
+	// required: simulated devices take signed commands only, as real ones do by default.
+	VerifyCommand func(body, sig []byte) error
 	// AgentVersion is what the devices report as agent_version.
 	AgentVersion string
 	// Logger receives the links' and routers' logs, with a device attribute (default: none).
@@ -145,6 +148,8 @@ func newDevice(cfg *Config, id string) (*device, error) {
 	}
 	d.router, err = command.New(command.Options{
 		Device:   id,
+		Groups:   []string{d.cfg.Group},
+		Verify:   d.cfg.VerifyCommand,
 		Handlers: d.handlers(),
 		Reply: func(rep command.Reply) {
 			if b, err := json.Marshal(rep); err == nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/edge-agent/edge-agent/hal/sensor"
 	"github.com/edge-agent/edge-agent/hal/sensor/internal/sensortest"
+	"github.com/edge-agent/edge-agent/internal/testenv"
 )
 
 func newSource(t *testing.T, spec sensor.Spec) sensor.Source {
@@ -162,7 +163,7 @@ func TestFailingProgramIsRestartedWithStderr(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { r.Run(ctx); close(done) }()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(testenv.Patience(5 * time.Second))
 	for r.Stats().Restarts < 3 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -183,7 +184,7 @@ func TestCancelKillsProcessGroup(t *testing.T) {
 	}})
 	r := sensortest.Start(t, src, nil, func(sensor.Frame) {})
 	var pid int
-	for deadline := time.Now().Add(3 * time.Second); pid == 0 && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+	for deadline := time.Now().Add(testenv.Patience(3 * time.Second)); pid == 0 && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		b, _ := os.ReadFile(pidFile)
 		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
 	}
@@ -198,7 +199,7 @@ func TestCancelKillsProcessGroup(t *testing.T) {
 		t.Errorf("Run returned %v after cancel; want promptly", d)
 	}
 	// The child is gone (or a zombie waiting for init to reap it).
-	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(testenv.Patience(2 * time.Second)); ; time.Sleep(10 * time.Millisecond) {
 		stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 		if err != nil || strings.Contains(string(stat), ") Z ") {
 			break

@@ -16,6 +16,7 @@ import (
 	"github.com/edge-agent/edge-agent/hal/sensor"
 	"github.com/edge-agent/edge-agent/hal/sensor/file"
 	"github.com/edge-agent/edge-agent/hal/sensor/internal/sensortest"
+	"github.com/edge-agent/edge-agent/internal/testenv"
 )
 
 // npy builds a .npy file the way NumPy writes one: magic, version, header length, the
@@ -248,7 +249,7 @@ func TestWatchSkipExisting(t *testing.T) {
 	// Nothing tells when the source's first scan is over, and a file added before it counts as
 	// existing. So new files keep arriving until one is read. They sort after old.png, so an
 	// old.png that was not skipped would be read before any of them.
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(testenv.Patience(10 * time.Second))
 	for i := 0; len(c.Frames()) == 0; i++ {
 		if time.Now().After(deadline) {
 			t.Fatalf("no file added after the start was read within 10s (%d added)", i)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/edge-agent/edge-agent/hal/sensor"
 	"github.com/edge-agent/edge-agent/hal/sensor/internal/sensortest"
+	"github.com/edge-agent/edge-agent/internal/testenv"
 )
 
 func snapshot(t *testing.T) ([]byte, image.Point) {
@@ -119,7 +120,7 @@ func TestFailuresAreErrors(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { runner.Run(ctx); close(done) }()
-	for deadline := time.Now().Add(5 * time.Second); runner.Stats().Restarts < 3 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(testenv.Patience(5 * time.Second)); runner.Stats().Restarts < 3 && time.Now().Before(deadline); {
 		time.Sleep(5 * time.Millisecond)
 	}
 	cancel()

@@ -1,0 +1,244 @@
+//go:build cgo
+
+package agent_test
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edge-agent/edge-agent/internal/bundletest"
+	"github.com/edge-agent/edge-agent/internal/mqtttest"
+	"github.com/edge-agent/edge-agent/internal/testenv"
+	"github.com/edge-agent/edge-agent/models/sign"
+)
+
+// lastReply is the final reply of id, as a string for matching.
+func lastReply(con *console, id string) (status, reason string) {
+	rs := con.final(id)
+	last := rs[len(rs)-1]
+	return fmt.Sprint(last["status"]), fmt.Sprint(last["reason"])
+}
+
+// onlineWithStatus starts the agent of yml with a status server and waits until it is online
+// and its page answers; it returns the page's base URL.
+func onlineWithStatus(t *testing.T, yml string) (*running, string) {
+	t.Helper()
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	r := start(t, yml+"\nstatus: {listen: \""+addr+"\"}\n")
+	mqtttest.WaitFor(t, 20*time.Second, "the agent online", func() bool {
+		return strings.Contains(fmt.Sprint(r.a.FleetStats()["mqtt"]), "online")
+	})
+	url := "http://" + addr
+	waitFor(t, "the status server", func() bool {
+		resp, err := http.Get(url + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	})
+	return r, url
+}
+
+func page(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// The default config (no key, commands.require_signed unset) takes no command: the audit's
+// anonymous rollback, config set and capture, and a command signed by a key the device
+// does not know, are all refused and change nothing; the device says so at start, on the
+// status page, in /v1/status, in its health and in the retained status.
+func TestDefaultConfigTakesNoCommand(t *testing.T) {
+	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{})
+	con := newConsole(t, broker.URL)
+	statuses := mqtttest.NewConsumer(t, broker.URL, "edge/+/status")
+	state := t.TempDir()
+	r, url := onlineWithStatus(t, fmt.Sprintf(`
+device: sec-1
+state_dir: %s
+mqtt: {broker: %s, backoff_min: 50ms, backoff_max: 200ms}
+`+statusModel, state, broker.URL))
+
+	con.send("edge/sec-1/cmd", con.plain("rb", "rollback", `{"model":"mnist"}`, ""))
+	con.send("edge/sec-1/cmd", con.plain("cfg", "config", `{"set":{"probation.max_error_rate":"1","outbox.max_results":"1"}}`, ""))
+	con.send("edge/sec-1/cmd", con.plain("cap", "capture", `{"model":"mnist","count":1}`, ""))
+	con.send("edge/sec-1/cmd", con.cmd("signed", "ping", ""))
+	for _, id := range []string{"rb", "cfg", "cap", "signed"} {
+		if st, why := lastReply(con, id); st != "failed" || !strings.Contains(why, "trusts no command key, so it takes no command") || !strings.Contains(why, "commands.trusted_keys") {
+			t.Errorf("%s: %s %q; want failed, saying how to configure commands.trusted_keys", id, st, why)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(state, "config-overrides.json")); !os.IsNotExist(err) {
+		t.Errorf("config overrides written by a refused command (stat: %v)", err)
+	}
+	if !strings.Contains(r.logs.String(), "security/no-command-key") {
+		t.Errorf("no start-up warning about the missing command key in the log:\n%s", r.logs.String())
+	}
+	v := getStatus(t, url)
+	if v.Security.Commands != "no key" || !strings.Contains(v.Security.Detail, "commands.trusted_keys") {
+		t.Errorf("/v1/status security = %+v; want commands \"no key\" and how to add one", v.Security)
+	}
+	if p := page(t, url); !strings.Contains(p, `id="commands">no key<`) || !strings.Contains(p, "commands.trusted_keys") {
+		t.Errorf("status page does not show the missing command key")
+	}
+	if c, ok := r.a.Health().Get("security/no-command-key"); !ok || !strings.Contains(c.Message, "commands.trusted_keys") {
+		t.Errorf("health condition security/no-command-key = %+v, %v", c, ok)
+	}
+	mqtttest.WaitFor(t, 10*time.Second, "the retained status naming the command mode", func() bool {
+		return strings.Contains(string(statuses.Status("sec-1")), `"commands":"no key"`)
+	})
+}
+
+// Signed commands are bound to their purpose, their key and their target: only a command
+// signed by the command key, as a command, addressed to this device, its group or all, runs.
+// A command signed for device A and republished on B's topic is refused by B; so are a
+// bundle key's signature, a command key's signature made for a bundle, and a plain command.
+func TestSignedCommandsBoundToKeyPurposeAndTarget(t *testing.T) {
+	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{})
+	con := newConsole(t, broker.URL)
+	f := bundletest.NewFleet(t)
+	r, url := onlineWithStatus(t, fmt.Sprintf(`
+device: sec-b
+state_dir: %s
+bundles: {trusted_keys: [%s]}
+%s
+mqtt: {broker: %s, groups: [kitchen], backoff_min: 50ms, backoff_max: 200ms}
+`+statusModel, t.TempDir(), f.Pub.String(), con.keys(), broker.URL))
+	_ = r
+	cases := []struct {
+		id, payload, want string
+	}{
+		{"plain", con.plain("plain", "ping", "", "device:sec-b"), "not signed and this agent requires signed commands"},
+		{"bundle-key", sealWith(t, f.Priv, sign.CommandComment, con.plain("bundle-key", "ping", "", "device:sec-b")), "untrusted key"},
+		{"purpose", sealWith(t, con.priv, sign.BundleComment("mnist", 9), con.plain("purpose", "ping", "", "device:sec-b")), "another purpose"},
+		{"no-target", con.seal(con.plain("no-target", "ping", "", "")), "names no target"},
+		{"for-a", con.seal(con.plain("for-a", "rollback", `{"model":"mnist"}`, "device:sec-a")), `addressed to "device:sec-a"`},
+		{"other-group", con.seal(con.plain("other-group", "ping", "", "group:garage")), `addressed to "group:garage"`},
+	}
+	for _, c := range cases {
+		con.send("edge/sec-b/cmd", c.payload)
+	}
+	for _, c := range cases {
+		if st, why := lastReply(con, c.id); st != "failed" || !strings.Contains(why, c.want) {
+			t.Errorf("%s: %s %q; want failed naming %q", c.id, st, why, c.want)
+		}
+	}
+	for _, target := range []string{"device:sec-b", "group:kitchen", "all"} {
+		id := "ok-" + strings.ReplaceAll(target, ":", "-")
+		con.send("edge/sec-b/cmd", con.seal(con.plain(id, "ping", "", target)))
+		if st, why := lastReply(con, id); st != "done" {
+			t.Errorf("ping for %s: %s %q; want done", target, st, why)
+		}
+	}
+	v := getStatus(t, url)
+	if v.Security.Commands != "signed" || len(v.Security.Keys["commands"]) != 1 || v.Security.Keys["commands"][0] != con.pub.ID() ||
+		len(v.Security.Keys["bundles"]) != 1 || v.Security.Keys["bundles"][0] != f.Pub.ID() || len(v.Security.Shared) != 0 {
+		t.Errorf("/v1/status security = %+v; want signed, command key %s, bundle key %s, nothing shared", v.Security, con.pub.ID(), f.Pub.ID())
+	}
+}
+
+// require_signed: false is an explicit opt-out: plain commands run, and the device warns at
+// every start, in its health, on the status page and in the retained status.
+func TestUnsignedOptOutIsVisible(t *testing.T) {
+	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{})
+	con := newConsole(t, broker.URL)
+	statuses := mqtttest.NewConsumer(t, broker.URL, "edge/+/status")
+	r, url := onlineWithStatus(t, fmt.Sprintf(`
+device: sec-u
+state_dir: %s
+commands: {require_signed: false}
+mqtt: {broker: %s, backoff_min: 50ms, backoff_max: 200ms}
+`+statusModel, t.TempDir(), broker.URL))
+	con.send("edge/sec-u/cmd", con.plain("p", "ping", "", ""))
+	if st, why := lastReply(con, "p"); st != "done" {
+		t.Fatalf("plain ping with the opt-out: %s %q; want done", st, why)
+	}
+	if !strings.Contains(r.logs.String(), "level=WARN") || !strings.Contains(r.logs.String(), "security/unsigned-commands") {
+		t.Errorf("no start-up warning about unsigned commands in the log")
+	}
+	if v := getStatus(t, url); v.Security.Commands != "UNSIGNED" || !strings.Contains(v.Security.Detail, "require_signed is false") {
+		t.Errorf("/v1/status security = %+v; want UNSIGNED", v.Security)
+	}
+	if p := page(t, url); !strings.Contains(p, `id="commands">UNSIGNED<`) {
+		t.Error("status page does not show the unsigned opt-out")
+	}
+	if _, ok := r.a.Health().Get("security/unsigned-commands"); !ok {
+		t.Error("no health condition security/unsigned-commands")
+	}
+	mqtttest.WaitFor(t, 10*time.Second, "the retained status naming the opt-out", func() bool {
+		return strings.Contains(string(statuses.Status("sec-u")), `"commands":"UNSIGNED"`)
+	})
+}
+
+// The upgrade path: a device configured as before roles (one top-level trusted_keys) keeps
+// serving its installed bundles and taking commands signed by that key for their purpose,
+// and warns that one key set signs everything.
+func TestLegacyTrustedKeysStillWorkAndWarn(t *testing.T) {
+	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{})
+	con := newConsole(t, broker.URL)
+	f := bundletest.NewFleet(t)
+	// Signed as edgectl signed bundles before purposes were checked.
+	v1 := f.Pack(t, bundletest.Opt{Version: "1.0.0", Seq: 1, Comment: "edge-agent bundle sin 1.0.0 sequence 1"})
+	bad := f.Pack(t, bundletest.Opt{Version: "1.1.0", Seq: 2, Comment: "file:sin.tar.gz"})
+	state := t.TempDir()
+	r, url := onlineWithStatus(t, fmt.Sprintf(`
+device: sec-l
+state_dir: %s
+trusted_keys: [%s]
+mqtt: {broker: %s, backoff_min: 50ms, backoff_max: 200ms}
+sources:
+  - {name: sweep, kind: synthetic, rate: 200, synthetic: {wave: sine, phase: true, offset: -3.14159}}
+models:
+  - {name: sin, sources: [sweep]}
+`, state, f.Pub.String(), broker.URL))
+	if err := copyFile(v1, filepath.Join(state, "inbox", "v1.tar.gz")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "1.0.0 installed from the inbox", func() bool { return serving(r) == "1.0.0" })
+	// A signature by the same key made for something else opens no bundle.
+	if err := copyFile(bad, filepath.Join(state, "inbox", "bad.tar.gz")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the wrongly signed bundle refused", func() bool {
+		b, err := os.ReadFile(filepath.Join(state, "inbox", "failed", "bad.tar.gz.reason"))
+		return err == nil && strings.Contains(string(b), "another purpose")
+	})
+	if v := serving(r); v != "1.0.0" {
+		t.Errorf("serving %s after a wrongly signed bundle; want 1.0.0", v)
+	}
+	con.send("edge/sec-l/cmd", sealWith(t, f.Priv, sign.CommandComment, con.plain("legacy", "ping", "", "device:sec-l")))
+	if st, why := lastReply(con, "legacy"); st != "done" {
+		t.Errorf("command signed by the legacy key: %s %q; want done", st, why)
+	}
+	c, ok := r.a.Health().Get("security/shared-keys")
+	if !ok || !strings.Contains(c.Message, "commands, bundles, update") {
+		t.Errorf("health security/shared-keys = %+v, %v; want the three roles named", c, ok)
+	}
+	if v := getStatus(t, url); strings.Join(v.Security.Shared, ",") != "commands,bundles,update" {
+		t.Errorf("/v1/status security.shared_key_roles = %v", v.Security.Shared)
+	}
+}
+
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	tmp := dst + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, dst)
+}
