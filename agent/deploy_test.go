@@ -208,11 +208,63 @@ func TestBundleRefusalsKeepTheOldVersionServing(t *testing.T) {
 	if h := history(t, state); strings.Count(h, "refused") < 6 || !strings.Contains(h, "canary-failed") {
 		t.Errorf("history does not record the refusals:\n%s", h)
 	}
-	// A signed release that allows downgrade is accepted.
-	if _, err := r.a.Deploy().InstallFile(ctx, f.Pack(t, bundleOpt{Version: "0.9.0", Seq: 4, Edit: func(m *bundle.Manifest) { m.AllowDowngrade = true }})); err != nil {
-		t.Fatalf("explicit downgrade: %v", err)
+	// allow_downgrade no longer lets an old sequence back in: replayed, such a bundle would
+	// work forever. A rollback is a new release with a higher sequence, whatever its version.
+	if _, err := r.a.Deploy().InstallFile(ctx, f.Pack(t, bundleOpt{Version: "0.9.0", Seq: 4, Edit: func(m *bundle.Manifest) { m.AllowDowngrade = true }})); !errors.Is(err, deploy.ErrDowngrade) {
+		t.Fatalf("allow_downgrade with sequence 4 under 5: %v; want ErrDowngrade", err)
+	}
+	if _, err := r.a.Deploy().InstallFile(ctx, f.Pack(t, bundleOpt{Version: "0.9.0", Seq: 7})); err != nil {
+		t.Fatalf("rollback release 0.9.0 with sequence 7: %v", err)
 	}
 	waitFor(t, "0.9.0 serving", func() bool { return serving(r) == "0.9.0" })
+}
+
+// Anti-rollback follows the highest sequence ever installed, not the active version: after
+// a rollback, a replayed release newer than the active one but not newer than every release
+// installed is refused; the mark survives the versions being pruned and a restart; and a
+// damaged mark refuses every install (fail closed) until it is repaired.
+func TestAntiRollbackHighWaterMark(t *testing.T) {
+	f := newFleet(t)
+	state := t.TempDir()
+	r := startDeploy(t, f, state, 20)
+	ctx := context.Background()
+	v := map[int]string{}
+	for seq := 1; seq <= 4; seq++ {
+		v[seq] = f.Pack(t, bundleOpt{Version: fmt.Sprintf("1.%d.0", seq), Seq: uint64(seq)})
+		if _, err := r.a.Deploy().InstallFile(ctx, v[seq]); err != nil {
+			t.Fatalf("install sequence %d: %v", seq, err)
+		}
+	}
+	if err := r.a.Deploy().Rollback(ctx, "sin", "1.3.0"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "1.3.0 serving after the rollback", func() bool { return serving(r) == "1.3.0" })
+	// Sequence 1 is pruned from the store by now, 2 and 4 are still kept: all are refused.
+	for _, seq := range []int{1, 2, 4} {
+		_, err := r.a.Deploy().InstallFile(ctx, v[seq])
+		if !errors.Is(err, deploy.ErrDowngrade) || !strings.Contains(err.Error(), "the highest ever installed") {
+			t.Errorf("replay of sequence %d with 1.3.0 active: %v; want ErrDowngrade against the highest (4)", seq, err)
+		}
+	}
+	if s := serving(r); s != "1.3.0" {
+		t.Errorf("serving %s after the replays; want 1.3.0", s)
+	}
+	r.stop()
+	r = startDeploy(t, f, state, 20)
+	if _, err := r.a.Deploy().InstallFile(ctx, v[4]); !errors.Is(err, deploy.ErrDowngrade) {
+		t.Errorf("replay of sequence 4 after a restart: %v; want ErrDowngrade", err)
+	}
+	// Damaged mark: no install at all, not even a newer release, and the error says why.
+	r.stop()
+	os.WriteFile(filepath.Join(state, "models", "highest", "sin.json"), []byte("{garbage"), 0o640)
+	r = startDeploy(t, f, state, 20)
+	v5 := f.Pack(t, bundleOpt{Version: "1.5.0", Seq: 5})
+	if _, err := r.a.Deploy().InstallFile(ctx, v5); !errors.Is(err, deploy.ErrDowngrade) || !strings.Contains(err.Error(), "damaged") {
+		t.Errorf("install with a damaged mark: %v; want a refusal naming the damaged file", err)
+	}
+	if s := serving(r); s != "1.3.0" {
+		t.Errorf("serving %s with a damaged mark; want 1.3.0 still", s)
+	}
 }
 
 // A version that passes its canary (golden inputs are already preprocessed) but fails on

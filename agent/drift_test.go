@@ -73,7 +73,7 @@ func TestDriftAlertEndToEnd(t *testing.T) {
 	k := mqtttest.NewConsumer(t, broker.URL, "edge/+/events", "edge/+/samples")
 	ctl := edgectl(t)
 	dir := t.TempDir()
-	ctl("keygen", "--out", filepath.Join(dir, "fleet"))
+	ctl("keygen", "--out", filepath.Join(dir, "fleet"), "--unencrypted")
 	pub, err := os.ReadFile(filepath.Join(dir, "fleet.pub"))
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ package agent_test
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -47,12 +46,7 @@ func onlineWithStatus(t *testing.T, yml string) (*running, string) {
 
 func page(t *testing.T, url string) string {
 	t.Helper()
-	resp, err := http.Get(url + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	_, b := httpGet(t, url+"/")
 	return string(b)
 }
 
@@ -109,14 +103,13 @@ func TestSignedCommandsBoundToKeyPurposeAndTarget(t *testing.T) {
 	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{})
 	con := newConsole(t, broker.URL)
 	f := bundletest.NewFleet(t)
-	r, url := onlineWithStatus(t, fmt.Sprintf(`
+	_, url := onlineWithStatus(t, fmt.Sprintf(`
 device: sec-b
 state_dir: %s
 bundles: {trusted_keys: [%s]}
 %s
 mqtt: {broker: %s, groups: [kitchen], backoff_min: 50ms, backoff_max: 200ms}
 `+statusModel, t.TempDir(), f.Pub.String(), con.keys(), broker.URL))
-	_ = r
 	cases := []struct {
 		id, payload, want string
 	}{

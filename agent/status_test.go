@@ -64,17 +64,24 @@ type statusView struct {
 
 func getStatus(t *testing.T, url string) statusView {
 	t.Helper()
-	resp, err := http.Get(url + "/v1/status")
+	code, b := httpGet(t, url+"/v1/status")
+	var v statusView
+	if code != http.StatusOK || json.Unmarshal(b, &v) != nil {
+		t.Fatalf("/v1/status: %d %s", code, b)
+	}
+	return v
+}
+
+// httpGet returns the status code and body of a GET.
+func httpGet(t *testing.T, url string) (int, []byte) {
+	t.Helper()
+	resp, err := http.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	var v statusView
-	if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &v) != nil {
-		t.Fatalf("/v1/status: %d %s", resp.StatusCode, b)
-	}
-	return v
+	return resp.StatusCode, b
 }
 
 // The page's recent events are the agent's own, in order, kept to the last 100 however

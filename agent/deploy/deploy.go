@@ -99,7 +99,7 @@ type Options struct {
 // Errors for decisions.
 var (
 	ErrNotServed  = errors.New("model is not configured on this device")
-	ErrDowngrade  = errors.New("bundle is older than the active version")
+	ErrDowngrade  = errors.New("bundle is not newer than every release installed before")
 	ErrAgentOld   = errors.New("bundle needs a newer agent")
 	ErrNoPrevious = errors.New("no version to roll back to")
 )
@@ -232,8 +232,16 @@ func (m *Manager) admit(man bundle.Manifest) error {
 	if man.MinAgentVersion != "" && m.opt.AgentVersion != "" && bundle.CompareVersions(m.opt.AgentVersion, man.MinAgentVersion) < 0 {
 		return fmt.Errorf("%w: it needs %s, this agent is %s", ErrAgentOld, man.MinAgentVersion, m.opt.AgentVersion)
 	}
-	if p, ok, err := m.opt.Store.Active(man.Name); err == nil && ok && man.Sequence <= p.Sequence && !man.AllowDowngrade {
-		return fmt.Errorf("%w: sequence %d (version %s) is not above the active %d (version %s); sign a release with allow_downgrade to roll back", ErrDowngrade, man.Sequence, man.Version, p.Sequence, p.Version)
+	// Anti-rollback against the highest sequence ever installed, not the active one: after a
+	// rollback an old bundle replayed must still be refused. Unknown means refuse.
+	hi, err := m.opt.Store.Highest(man.Name)
+	if err != nil {
+		return fmt.Errorf("%w: %v: refusing to install %s %s (sequence %d) while it cannot be checked against older releases; fix the model store (or restore %s/highest from a backup)",
+			ErrDowngrade, err, man.Name, man.Version, man.Sequence, m.opt.Store.Root())
+	}
+	if man.Sequence <= hi {
+		return fmt.Errorf("%w: sequence %d (version %s) is not above %d, the highest ever installed for %s: release it again with a higher sequence (a rollback release too), or go back to a kept version with rollback",
+			ErrDowngrade, man.Sequence, man.Version, hi, man.Name)
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"encoding/csv"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"math"
 	"os"
@@ -48,7 +49,7 @@ func mustRun(t *testing.T, args ...string) string {
 func keygen(t *testing.T, dir, name string) (prefix, id string) {
 	t.Helper()
 	prefix = filepath.Join(dir, name)
-	mustRun(t, "keygen", "--out", prefix)
+	mustRun(t, "keygen", "--out", prefix, "--unencrypted")
 	pub, err := os.ReadFile(prefix + ".pub")
 	if err != nil {
 		t.Fatal(err)
@@ -242,7 +243,14 @@ processing:
 func TestKeygen(t *testing.T) {
 	dir := t.TempDir()
 	prefix := filepath.Join(dir, "fleet")
-	stdout := mustRun(t, "keygen", "--out", prefix)
+	// Without a password file or --unencrypted, keygen refuses: keys are encrypted by default.
+	if code, _, stderr := edgectl(t, "keygen", "--out", prefix); code != 2 || !strings.Contains(stderr, "encrypted by default") {
+		t.Errorf("keygen without --password-file: exit %v, %q; want 2 saying keys are encrypted by default", code, stderr)
+	}
+	if _, err := os.Stat(prefix + ".key"); err == nil {
+		t.Fatal("the refused keygen wrote a key")
+	}
+	stdout := mustRun(t, "keygen", "--out", prefix, "--unencrypted")
 
 	pubText, err := os.ReadFile(prefix + ".pub")
 	if err != nil {
@@ -276,7 +284,7 @@ func TestKeygen(t *testing.T) {
 
 	// No overwrite without --force; the files stay as they were.
 	keyText, _ := os.ReadFile(prefix + ".key")
-	code, _, stderr := edgectl(t, "keygen", "--out", prefix)
+	code, _, stderr := edgectl(t, "keygen", "--out", prefix, "--unencrypted")
 	if code != 1 || !strings.Contains(stderr, "exists; use --force") {
 		t.Errorf("second keygen: exit %v, stderr %q; want 1 and \"exists; use --force\"", code, stderr)
 	}
@@ -289,7 +297,7 @@ func TestKeygen(t *testing.T) {
 	// Only the .pub left over still blocks.
 	other := filepath.Join(dir, "other")
 	writeFile(t, other+".pub", "keep me\n")
-	if code, _, _ := edgectl(t, "keygen", "--out", other); code != 1 {
+	if code, _, _ := edgectl(t, "keygen", "--out", other, "--unencrypted"); code != 1 {
 		t.Errorf("keygen over an existing .pub: exit %v; want 1", code)
 	}
 	if _, err := os.Stat(other + ".key"); err == nil {
@@ -316,7 +324,7 @@ func TestKeygen(t *testing.T) {
 	}
 
 	// --force replaces both files with a new pair.
-	mustRun(t, "keygen", "--out", prefix, "--force")
+	mustRun(t, "keygen", "--out", prefix, "--force", "--unencrypted")
 	newPub, _ := os.ReadFile(prefix + ".pub")
 	if bytes.Equal(newPub, pubText) {
 		t.Errorf("keygen --force kept the old .pub")
@@ -842,4 +850,26 @@ func TestVerifyFailures(t *testing.T) {
 			t.Errorf("edgectl bundle verify -h: exit %v; want 0", code)
 		}
 	})
+}
+
+// keygen with --password-file writes the encrypted form of minisign -G: the key opens only
+// with the password.
+func TestKeygenEncrypts(t *testing.T) {
+	dir := t.TempDir()
+	prefix := filepath.Join(dir, "release")
+	pw := filepath.Join(dir, "pw")
+	writeFile(t, pw, "correct horse battery staple\n")
+	mustRun(t, "keygen", "--out", prefix, "--password-file", pw)
+	if _, err := sign.ReadPrivateKey(prefix+".key", nil); !errors.Is(err, sign.ErrWrongPassword) {
+		t.Errorf("reading the key without its password: %v; want ErrWrongPassword", err)
+	}
+	priv, err := sign.ReadPrivateKey(prefix+".key", []byte("correct horse battery staple"))
+	if err != nil {
+		t.Fatalf("reading the key with its password: %v", err)
+	}
+	pubText, _ := os.ReadFile(prefix + ".pub")
+	pub, err := sign.ParsePublicKey(string(pubText))
+	if err != nil || pub.ID() != priv.ID() {
+		t.Errorf("the .pub (%v, %v) does not match the secret key %s", pub.ID(), err, priv.ID())
+	}
 }

@@ -21,13 +21,19 @@ func cmdKeygen(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	out := fs.String("out", "", "path prefix: writes PREFIX.key and PREFIX.pub (required)")
-	pwFile := fs.String("password-file", "", "file whose first line encrypts the secret key (default: no password)")
+	pwFile := fs.String("password-file", "", "file whose first line encrypts the secret key, as minisign -G does")
+	unencrypted := fs.Bool("unencrypted", false, "write the secret key unencrypted (minisign -G -W): only for a key kept where nobody else can read it")
 	force := fs.Bool("force", false, "overwrite existing files")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *out == "" || fs.NArg() > 0 {
+	switch {
+	case *out == "" || fs.NArg() > 0:
 		return usageError{errors.New("--out PREFIX is required")}
+	case *pwFile == "" && !*unencrypted:
+		return usageError{errors.New("the secret key is encrypted by default: give --password-file F (its first line is the password), or --unencrypted")}
+	case *pwFile != "" && *unencrypted:
+		return usageError{errors.New("give --password-file or --unencrypted, not both")}
 	}
 	keyPath, pubPath := *out+".key", *out+".pub"
 	if !*force {

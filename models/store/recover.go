@@ -34,7 +34,7 @@ func (s *Store) recover() error {
 
 	// Temporary files of interrupted atomic writes; the files they were to replace are whole.
 	isTmp := func(e os.DirEntry) bool { return strings.HasSuffix(e.Name(), tmpSuffix) }
-	for _, d := range []string{s.root, s.dir("active"), s.dir("history")} {
+	for _, d := range []string{s.root, s.dir("active"), s.dir("history"), s.dir("highest")} {
 		fail(s.removeLeftovers(d, isTmp))
 	}
 

@@ -10,6 +10,8 @@
 //	versions/<name>/<version>/     installed bundle contents + version.json; immutable
 //	active/<name>.json             the active pointer (Pointer)
 //	history/<name>.jsonl           one Event per line, most recent last, bounded to ~1 MiB
+//	highest/<name>.json            the highest sequence ever installed (Highest), kept after
+//	                               the version itself is pruned: the anti-rollback mark
 //
 // Crash safety. Every change has one commit point, a rename(2), and everything it depends on
 // is fsync'd before it and the directory holding it after it:
@@ -159,7 +161,7 @@ func Open(root string, opt Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", root, err)
 	}
-	for _, d := range []string{s.root, s.dir("staging"), s.dir("versions"), s.dir("active"), s.dir("history")} {
+	for _, d := range []string{s.root, s.dir("staging"), s.dir("versions"), s.dir("active"), s.dir("history"), s.dir("highest")} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return nil, fmt.Errorf("store: open %s: %w", root, err)
 		}
@@ -385,7 +387,75 @@ func (s *Store) Install(stagingDir string, meta VersionMeta) (err error) {
 	// power cut as an empty husk that Open removes; no need to fail over it.
 	syncDir(s.dir("staging"))
 	s.history(meta.Name, meta.Version, "installed", fmt.Sprintf("sequence %d, key %s", meta.Sequence, meta.KeyID))
+	// The mark after the commit: a crash before it leaves the version installed, which
+	// Highest counts anyway, so the mark never claims a sequence that was not installed.
+	if err := s.raiseHighest(meta); err != nil {
+		s.log.Error("store: keep the highest sequence; it is still derived from the installed versions", "model", meta.Name, "err", err)
+	}
 	return nil
+}
+
+// highestMark is highest/<name>.json.
+type highestMark struct {
+	Name     string `json:"name"`
+	Sequence uint64 `json:"sequence"`
+	Version  string `json:"version"` // the version that set it
+}
+
+// Highest returns the highest sequence ever installed for name (0 when none): the larger of
+// the persisted mark and the installed versions. An error means it cannot be known (the mark
+// is unreadable): callers must then refuse to install, not guess.
+func (s *Store) Highest(name string) (uint64, error) {
+	if err := checkName("model", name); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.highest(name)
+}
+
+func (s *Store) highest(name string) (uint64, error) {
+	var hi uint64
+	path := filepath.Join(s.dir("highest"), name+".json")
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist): // a store from before the mark: the versions say
+	case err != nil:
+		return 0, fmt.Errorf("store: read the highest sequence of %s: %w", name, err)
+	default:
+		var m highestMark
+		if err := json.Unmarshal(b, &m); err != nil || m.Name != name {
+			return 0, fmt.Errorf("store: %s is damaged (%v): the highest sequence installed of %s is unknown", path, err, name)
+		}
+		hi = m.Sequence
+	}
+	vs, err := s.versions(name)
+	if err != nil {
+		return 0, fmt.Errorf("store: list the versions of %s: %w", name, err)
+	}
+	for _, v := range vs {
+		hi = max(hi, v.Sequence)
+	}
+	return hi, nil
+}
+
+// raiseHighest records meta's sequence as the highest when it is.
+func (s *Store) raiseHighest(meta VersionMeta) error {
+	hi, err := s.highest(meta.Name)
+	if err != nil {
+		return err
+	}
+	if hi > meta.Sequence {
+		return nil
+	}
+	if err := os.MkdirAll(s.dir("highest"), 0o750); err != nil {
+		return err
+	}
+	raw, err := json.Marshal(highestMark{Name: meta.Name, Sequence: max(hi, meta.Sequence), Version: meta.Version})
+	if err != nil {
+		return err
+	}
+	return s.writeAtomic(filepath.Join(s.dir("highest"), meta.Name+".json"), append(raw, '\n'), "highest")
 }
 
 // Activate makes an installed version the active one, remembering the version active
