@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edge-agent/edge-agent/agent/command"
 	"github.com/edge-agent/edge-agent/internal/bundletest"
 	"github.com/edge-agent/edge-agent/internal/mqtttest"
 	"github.com/edge-agent/edge-agent/internal/testenv"
@@ -234,4 +235,48 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return os.Rename(tmp, dst)
+}
+
+// A flood of unsigned commands from anyone on the broker is not amplified: beyond the
+// refusal burst and rate the device answers nothing and logs nothing, and counts what it
+// suppressed, also in /metrics.
+func TestUnsignedFloodIsNotAmplified(t *testing.T) {
+	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{})
+	con := newConsole(t, broker.URL)
+	r, url := onlineWithStatus(t, fmt.Sprintf(`
+device: sec-f
+state_dir: %s
+%s
+mqtt: {broker: %s, backoff_min: 50ms, backoff_max: 200ms}
+`+statusModel, t.TempDir(), con.keys(), broker.URL))
+	const n = 2000
+	start := time.Now()
+	for i := range n {
+		con.send("edge/sec-f/cmd", con.plain(fmt.Sprintf("f%d", i), "ping", "", ""))
+	}
+	var st command.Stats
+	mqtttest.WaitFor(t, 60*time.Second, "every flooded command refused", func() bool {
+		st, _ = r.a.FleetStats()["commands"].(command.Stats)
+		return st.Refused >= n
+	})
+	// At most the burst plus one per second of flood (and one for rounding) were answered.
+	allowed := uint64(command.DefaultRefusalBurst) + uint64(time.Since(start)/command.DefaultRefusalEvery) + 1
+	if answered := st.Refused - st.Suppressed; answered > allowed || st.Suppressed < n-allowed {
+		t.Errorf("stats %+v: %d refusals answered; want at most %d", st, answered, allowed)
+	}
+	if logged := uint64(strings.Count(r.logs.String(), "command refused")); logged > allowed {
+		t.Errorf("%d refusal log lines for %d refused commands; want at most %d", logged, n, allowed)
+	}
+	if strings.Count(r.logs.String(), "command refusals are rate-limited") != 1 {
+		t.Errorf("want one warning that refusals are rate-limited")
+	}
+	_, body := httpGet(t, url+"/metrics")
+	if want := fmt.Sprintf("edge_agent_commands_suppressed_total %d\n", st.Suppressed); !strings.Contains(string(body), want) {
+		t.Errorf("/metrics does not hold %q", want)
+	}
+	// A signed command still runs after the flood.
+	con.send("edge/sec-f/cmd", con.cmd("after", "ping", ""))
+	if status, why := lastReply(con, "after"); status != "done" {
+		t.Errorf("signed ping after the flood: %s %q", status, why)
+	}
 }

@@ -147,6 +147,10 @@ func (s *statusAgent) Snapshot() status.Snapshot {
 		q := &status.MQTT{State: ls.State, Broker: ls.Broker, ConnectedSince: ls.ConnectedSince, LastError: ls.LastError,
 			Connects: ls.Connects, ConnectFailures: ls.ConnectFailures, MetricsSent: ls.MetricsSent, MetricsDropped: ls.MetricsDropped,
 			Commands: ls.Commands, RepliesSent: ls.RepliesSent, RepliesDropped: ls.RepliesDropped}
+		if f.router != nil {
+			cs := f.router.Stats()
+			q.CommandsRefused, q.CommandsSuppressed = cs.Refused, cs.Suppressed
+		}
 		for _, name := range sortedKeys(ls.Streams) {
 			st := ls.Streams[name]
 			q.Streams = append(q.Streams, status.LinkStream{Name: name, Messages: st.Messages, Records: st.Records, Resent: st.Resent, InFlight: st.InFlight})

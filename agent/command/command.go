@@ -44,12 +44,14 @@ const (
 
 // Defaults for zero fields of Options.
 const (
-	DefaultMaxBytes    = 64 << 10
-	DefaultMaxSkew     = 5 * time.Minute
-	DefaultMaxLifetime = 24 * time.Hour
-	DefaultQueue       = 16
-	DefaultWorkers     = 2
-	DefaultTimeout     = 10 * time.Minute
+	DefaultMaxBytes     = 64 << 10
+	DefaultMaxSkew      = 5 * time.Minute
+	DefaultMaxLifetime  = 24 * time.Hour
+	DefaultQueue        = 16
+	DefaultWorkers      = 2
+	DefaultTimeout      = 10 * time.Minute
+	DefaultRefusalBurst = 20
+	DefaultRefusalEvery = time.Second
 
 	// ProgressEvery is the least time between two progress replies of one command.
 	ProgressEvery = 500 * time.Millisecond
@@ -144,10 +146,47 @@ type Options struct {
 	Workers int
 	// Timeout bounds each handler (default 10m).
 	Timeout time.Duration
+	// RefusalBurst and RefusalEvery rate-limit the answers to refused commands: at most
+	// RefusalBurst at once, then one per RefusalEvery (defaults 20 and 1s). Over the rate a
+	// refusal is counted (Stats.Suppressed) but gets no reply and no log line.
+	RefusalBurst int
+	RefusalEvery time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
+}
+
+// allowRefusal takes a token from the refusal bucket: RefusalBurst tokens, one more every
+// RefusalEvery.
+func (r *Router) allowRefusal() bool {
+	r.limitMu.Lock()
+	defer r.limitMu.Unlock()
+	now := r.opt.Now()
+	if r.refillAt.IsZero() {
+		r.tokens, r.refillAt = float64(r.opt.RefusalBurst), now
+	}
+	if d := now.Sub(r.refillAt); d > 0 {
+		r.tokens = min(float64(r.opt.RefusalBurst), r.tokens+float64(d)/float64(r.opt.RefusalEvery))
+		r.refillAt = now
+	}
+	if r.tokens < 1 {
+		return false
+	}
+	r.tokens--
+	return true
+}
+
+// noteSuppression reports whether a suppression warning is due: at most one a minute.
+func (r *Router) noteSuppression() bool {
+	r.limitMu.Lock()
+	defer r.limitMu.Unlock()
+	now := r.opt.Now()
+	if now.Sub(r.warnedAt) < time.Minute {
+		return false
+	}
+	r.warnedAt = now
+	return true
 }
 
 // Stats count commands by outcome. Received counts every message; the refusals (expired,
@@ -166,6 +205,8 @@ type Stats struct {
 	BadSignature uint64 `json:"bad_signature"` // unsigned when required, signed when no key, or not verified
 	Misaddressed uint64 `json:"misaddressed"`  // signed without a target, or for another device or group
 	Busy         uint64 `json:"busy"`
+	Refused      uint64 `json:"refused"`    // refused by the checks before dispatch (all of the above but busy)
+	Suppressed   uint64 `json:"suppressed"` // of Refused, over the rate limit: no reply, no log line
 }
 
 // Router checks commands, runs them on a bounded worker pool and replies.
@@ -183,6 +224,12 @@ type Router struct {
 	replyMu sync.Mutex // one Reply call at a time
 
 	received, accepted, done, failed, replayed, expired, malformed, oversize, badSig, misaddressed, busy atomic.Uint64
+	refused, suppressed                                                                                  atomic.Uint64
+
+	limitMu  sync.Mutex // guards the refusal bucket
+	tokens   float64
+	refillAt time.Time
+	warnedAt time.Time
 }
 
 type job struct {
@@ -199,7 +246,7 @@ func New(opt Options) (*Router, error) {
 		return nil, errors.New("command router: Reply is nil: give it a func that publishes replies")
 	case opt.Remember == nil:
 		return nil, errors.New("command router: Remember is nil: give it the replay memory (agent/state)")
-	case opt.MaxBytes < 0, opt.MaxSkew < 0, opt.MaxLifetime < 0, opt.Queue < 0, opt.Workers < 0, opt.Timeout < 0:
+	case opt.MaxBytes < 0, opt.MaxSkew < 0, opt.MaxLifetime < 0, opt.Queue < 0, opt.Workers < 0, opt.Timeout < 0, opt.RefusalBurst < 0, opt.RefusalEvery < 0:
 		return nil, fmt.Errorf("command router: negative limit in MaxBytes %d, MaxSkew %v, MaxLifetime %v, Queue %d, Workers %d, Timeout %v: use 0 for the default",
 			opt.MaxBytes, opt.MaxSkew, opt.MaxLifetime, opt.Queue, opt.Workers, opt.Timeout)
 	}
@@ -225,6 +272,12 @@ func New(opt Options) (*Router, error) {
 	}
 	if opt.Timeout == 0 {
 		opt.Timeout = DefaultTimeout
+	}
+	if opt.RefusalBurst == 0 {
+		opt.RefusalBurst = DefaultRefusalBurst
+	}
+	if opt.RefusalEvery == 0 {
+		opt.RefusalEvery = DefaultRefusalEvery
 	}
 	if opt.Now == nil {
 		opt.Now = time.Now
@@ -258,6 +311,8 @@ func (r *Router) Stats() Stats {
 		Oversize:     r.oversize.Load(),
 		BadSignature: r.badSig.Load(),
 		Misaddressed: r.misaddressed.Load(),
+		Refused:      r.refused.Load(),
+		Suppressed:   r.suppressed.Load(),
 		Busy:         r.busy.Load(),
 	}
 }
@@ -331,7 +386,7 @@ func (r *Router) check(payload []byte) (c Command, ok bool) {
 	now := r.opt.Now()
 	if now.After(c.Expires) {
 		r.expired.Add(1)
-		r.fail(c.ID, c.Type, fmt.Sprintf("command expired at %s (agent time %s): issue a new one with a later expires, and check the clocks",
+		r.refuse(c.ID, c.Type, fmt.Sprintf("command expired at %s (agent time %s): issue a new one with a later expires, and check the clocks",
 			c.Expires.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339)))
 		return c, false
 	}
@@ -500,8 +555,21 @@ func readID(b []byte) string {
 	return ""
 }
 
-// refuse replies failed when id is non-empty, and otherwise logs: nobody could match the reply.
+// refuse answers a command refused by the checks before dispatch: a failed reply when id is
+// non-empty, and otherwise a log line (nobody could match the reply). Anyone on the broker can
+// send such commands, so refusals are rate-limited (Options.RefusalBurst, RefusalEvery): over
+// the rate a refusal is only counted (Stats.Suppressed), so a flood costs no replies, log lines
+// or events.
 func (r *Router) refuse(id, typ, why string) {
+	r.refused.Add(1)
+	if !r.allowRefusal() {
+		r.suppressed.Add(1)
+		if r.noteSuppression() {
+			r.log.Warn("command refusals are rate-limited: refused commands get no reply and no log line while they keep coming; see the suppressed counter",
+				"burst", r.opt.RefusalBurst, "every", r.opt.RefusalEvery, "suppressed", r.suppressed.Load())
+		}
+		return
+	}
 	if id == "" {
 		r.log.Warn("command refused; no id to reply to", "reason", why)
 		return

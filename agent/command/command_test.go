@@ -538,8 +538,35 @@ func TestStatsJSON(t *testing.T) {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	want := []string{"accepted", "bad_signature", "busy", "done", "expired", "failed", "malformed", "misaddressed", "oversize", "received", "replayed"}
+	want := []string{"accepted", "bad_signature", "busy", "done", "expired", "failed", "malformed", "misaddressed", "oversize", "received", "refused", "replayed", "suppressed"}
 	if !slices.Equal(keys, want) {
 		t.Errorf("Stats JSON keys: got %v; want %v", keys, want)
+	}
+}
+
+// A flood of refused commands (anyone on the broker can send them) is answered at most
+// RefusalBurst times at once and then once per RefusalEvery; the rest are only counted. Valid
+// signed commands in the middle of the flood still run.
+func TestRefusalsRateLimited(t *testing.T) {
+	testenv.NoGoroutineLeaks(t)
+	h := newStrict(t, Options{Verify: fakeVerify, RefusalBurst: 5, RefusalEvery: time.Second, Queue: 100, Handlers: map[string]Handler{"echo": echo}})
+	for i := range 50 {
+		h.r.Handle(cmd(fmt.Sprintf("flood-%d", i), "echo")) // unsigned: refused
+	}
+	for i := range 5 {
+		h.want(t, fmt.Sprintf("flood-%d", i), StatusFailed, "not signed")
+	}
+	h.none(t)
+	h.r.Handle(envelope(cmdFor("real", "echo", "all"), "good"))
+	h.want(t, "real", StatusAccepted, "")
+	h.clock.Advance(2 * time.Second) // two more tokens
+	for i := 50; i < 60; i++ {
+		h.r.Handle(cmd(fmt.Sprintf("flood-%d", i), "echo"))
+	}
+	h.want(t, "flood-50", StatusFailed, "not signed")
+	h.want(t, "flood-51", StatusFailed, "not signed")
+	h.none(t)
+	if st := h.r.Stats(); st.Refused != 60 || st.Suppressed != 53 || st.BadSignature != 60 || st.Accepted != 1 {
+		t.Errorf("stats: %+v; want refused 60, suppressed 53, bad_signature 60, accepted 1", st)
 	}
 }

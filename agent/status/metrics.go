@@ -122,6 +122,8 @@ func metricDefs() map[string]struct {
 		"edge_agent_mqtt_commands_total":         {"Messages received on the command topics.", nil},
 		"edge_agent_mqtt_replies_sent_total":     {"Command replies sent.", nil},
 		"edge_agent_mqtt_replies_dropped_total":  {"Command replies dropped because their queue was full.", nil},
+		"edge_agent_commands_refused_total":      {"Commands refused before they ran: unsigned, forged, misaddressed, expired or malformed.", nil},
+		"edge_agent_commands_suppressed_total":   {"Refused commands answered with nothing because refusals came faster than their rate limit.", nil},
 		"edge_agent_mqtt_messages_total":         {"Messages of a stream the broker acknowledged.", []string{"stream"}},
 		"edge_agent_mqtt_records_total":          {"Records of a stream sent in acknowledged messages (re-sent ones included).", []string{"stream"}},
 		"edge_agent_mqtt_resent_total":           {"Records sent again after a reconnect (an upper bound of duplicates).", []string{"stream"}},
@@ -241,6 +243,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter("edge_agent_mqtt_commands_total", float64(q.Commands))
 		counter("edge_agent_mqtt_replies_sent_total", float64(q.RepliesSent))
 		counter("edge_agent_mqtt_replies_dropped_total", float64(q.RepliesDropped))
+		counter("edge_agent_commands_refused_total", float64(q.CommandsRefused))
+		counter("edge_agent_commands_suppressed_total", float64(q.CommandsSuppressed))
 		for _, st := range q.Streams {
 			counter("edge_agent_mqtt_messages_total", float64(st.Messages), st.Name)
 			counter("edge_agent_mqtt_records_total", float64(st.Records), st.Name)

@@ -141,18 +141,23 @@ type OutboxStream struct {
 
 // MQTT is the fleet link's figures.
 type MQTT struct {
-	State           string       `json:"state"` // online, connecting, offline-mode, ...
-	Broker          string       `json:"broker,omitempty"`
-	ConnectedSince  time.Time    `json:"connected_since,omitzero"`
-	LastError       string       `json:"last_error,omitempty"`
-	Connects        uint64       `json:"connects"`
-	ConnectFailures uint64       `json:"connect_failures"`
-	MetricsSent     uint64       `json:"metrics_sent"`
-	MetricsDropped  uint64       `json:"metrics_dropped"`
-	Commands        uint64       `json:"commands"`
-	RepliesSent     uint64       `json:"replies_sent"`
-	RepliesDropped  uint64       `json:"replies_dropped"`
-	Streams         []LinkStream `json:"streams"`
+	State           string    `json:"state"` // online, connecting, offline-mode, ...
+	Broker          string    `json:"broker,omitempty"`
+	ConnectedSince  time.Time `json:"connected_since,omitzero"`
+	LastError       string    `json:"last_error,omitempty"`
+	Connects        uint64    `json:"connects"`
+	ConnectFailures uint64    `json:"connect_failures"`
+	MetricsSent     uint64    `json:"metrics_sent"`
+	MetricsDropped  uint64    `json:"metrics_dropped"`
+	Commands        uint64    `json:"commands"`
+	RepliesSent     uint64    `json:"replies_sent"`
+	RepliesDropped  uint64    `json:"replies_dropped"`
+	// CommandsRefused counts commands refused before they ran (unsigned, forged, misaddressed,
+	// expired, malformed); CommandsSuppressed those of them answered with nothing because
+	// refusals came faster than their rate limit.
+	CommandsRefused    uint64       `json:"commands_refused"`
+	CommandsSuppressed uint64       `json:"commands_suppressed"`
+	Streams            []LinkStream `json:"streams"`
 }
 
 // LinkStream is what the link sent of one outbox stream.

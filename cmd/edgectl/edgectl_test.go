@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/edge-agent/edge-agent/internal/testenv"
 	"github.com/edge-agent/edge-agent/models/bundle"
@@ -871,5 +872,58 @@ func TestKeygenEncrypts(t *testing.T) {
 	pub, err := sign.ParsePublicKey(string(pubText))
 	if err != nil || pub.ID() != priv.ID() {
 		t.Errorf("the .pub (%v, %v) does not match the secret key %s", pub.ID(), err, priv.ID())
+	}
+}
+
+// pack gives every bundle an expiry unless told otherwise (90 days, or --expires-in), keeps
+// the spec's own, and refuses to sign a bundle that is already expired.
+func TestPackExpiry(t *testing.T) {
+	dir := t.TempDir()
+	prefix, _ := keygen(t, dir, "k")
+	spec := filepath.Join(dir, "sin.yaml")
+	writeSpec := func(extra string) {
+		writeFile(t, spec, "name: sin\nversion: 1.0.0\nsequence: 1\nmodel: "+testenv.Data(t, "sin_model.tflite")+"\n"+extra+
+			"processing: {input: {kind: tensor}, output: {kind: regression, regression: {names: [y]}}}\n")
+	}
+	expires := func(args ...string) (time.Time, bool) {
+		t.Helper()
+		out := filepath.Join(t.TempDir(), "b.tar.gz")
+		mustRun(t, append([]string{"bundle", "pack", "--spec", spec, "--key", prefix + ".key", "-o", out}, args...)...)
+		var m struct{ Expires *time.Time }
+		if err := json.Unmarshal([]byte(mustRun(t, "bundle", "inspect", "--json", out)), &m); err != nil {
+			t.Fatal(err)
+		}
+		if m.Expires == nil {
+			return time.Time{}, false
+		}
+		return *m.Expires, true
+	}
+	writeSpec("")
+	near := func(got time.Time, want time.Duration) bool {
+		d := time.Until(got) - want
+		return d > -time.Minute && d < time.Minute
+	}
+	if e, ok := expires(); !ok || !near(e, 90*24*time.Hour) {
+		t.Errorf("default expiry %v (set %v); want about 90 days from now", e, ok)
+	}
+	if e, ok := expires("--expires-in", "2h"); !ok || !near(e, 2*time.Hour) {
+		t.Errorf("--expires-in 2h: expiry %v (set %v); want about 2 h from now", e, ok)
+	}
+	if e, ok := expires("--no-expiry"); ok {
+		t.Errorf("--no-expiry: the bundle expires at %v", e)
+	}
+	own := time.Now().Add(30 * 24 * time.Hour).UTC().Truncate(time.Second)
+	writeSpec("expires: " + own.Format(time.RFC3339) + "\n")
+	if e, ok := expires(); !ok || !e.Equal(own) {
+		t.Errorf("the spec's expires %v became %v (set %v)", own, e, ok)
+	}
+	writeSpec("expires: 2020-01-01T00:00:00Z\n")
+	out := filepath.Join(dir, "expired.tar.gz")
+	code, _, stderr := edgectl(t, "bundle", "pack", "--spec", spec, "--key", prefix+".key", "-o", out)
+	if code != 1 || !strings.Contains(stderr, "not in the future") {
+		t.Errorf("pack of an expired spec: exit %d, %q; want 1 saying it has expired", code, stderr)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("an expired bundle was written (stat: %v)", err)
 	}
 }

@@ -26,7 +26,9 @@ const usage = `edgectl is the edge-agent fleet console.
 Usage:
   edgectl keygen --out PREFIX (--password-file F | --unencrypted)   new minisign key pair: PREFIX.key
                                                (secret, encrypted with F's first line), PREFIX.pub
-  edgectl bundle pack --spec bundle.yaml --key K -o OUT   build a model bundle (reference statistics, golden vectors)
+  edgectl bundle pack --spec bundle.yaml --key K -o OUT [--expires-in 2160h | --no-expiry]
+                                               build a model bundle (reference statistics, golden vectors);
+                                               it expires 90 days after packing unless the spec sets expires
   edgectl bundle sign --key K [--password-file F] BUNDLE  (re)sign a bundle's manifest in place
   edgectl bundle verify --pub P [--pub P2] BUNDLE         check signature, every file's sha256 and the manifest
   edgectl bundle inspect [--json] [--pub P] BUNDLE        show the manifest

@@ -51,6 +51,11 @@ type packSpec struct {
 	Bins      int     `yaml:"bins"`      // histogram bins of the reference statistics (default 20)
 }
 
+// DefaultBundleLifetime is how long a packed bundle stays installable when its spec sets no
+// expires: long enough for a staged rollout and devices that were offline, short enough that
+// an old bundle cannot be replayed for ever.
+const DefaultBundleLifetime = 90 * 24 * time.Hour
+
 // maxSamples bounds how many samples pack reads.
 const maxSamples = 10000
 
@@ -61,15 +66,28 @@ func cmdPack(args []string, stdout, stderr io.Writer) error {
 	keyPath := fs.String("key", "", "secret key to sign with (required)")
 	pwFile := fs.String("password-file", "", "password of the secret key")
 	out := fs.String("o", "", "output bundle file (required; .tar.gz compresses)")
+	expiresIn := fs.Duration("expires-in", DefaultBundleLifetime, "devices refuse to install the bundle this long after packing, unless the spec sets expires")
+	noExpiry := fs.Bool("no-expiry", false, "no expiry: the bundle stays installable forever (a replay of it too)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *specPath == "" || *keyPath == "" || *out == "" || fs.NArg() > 0 {
 		return usageError{errors.New("--spec, --key and -o are required")}
 	}
+	if *expiresIn <= 0 {
+		return usageError{fmt.Errorf("--expires-in %v: give a positive duration, or --no-expiry", *expiresIn)}
+	}
 	ps, err := readPackSpec(*specPath)
 	if err != nil {
 		return err
+	}
+	now := time.Now().UTC()
+	switch {
+	case ps.Expires != nil && !ps.Expires.After(now):
+		return fmt.Errorf("spec %s: expires %s is not in the future: every device would refuse the bundle; set a later expires", *specPath, ps.Expires.UTC().Format(time.RFC3339))
+	case ps.Expires == nil && !*noExpiry:
+		e := now.Add(*expiresIn).Truncate(time.Second)
+		ps.Expires = &e
 	}
 	priv, err := readSecretKey(*keyPath, *pwFile)
 	if err != nil {
