@@ -41,7 +41,8 @@ func (a *Agent) setupStatus(opt Options) error {
 
 func (a *Agent) statusOptions() (status.Options, error) {
 	c := a.cfg.Status
-	o := status.Options{Listen: c.Addr(), MaxBody: int64(c.MaxBody), History: c.History, Logger: a.log.With("part", "status")}
+	o := status.Options{Listen: c.Addr(), MaxBody: int64(c.MaxBody), History: c.History, MaxPixels: c.MaxPixels,
+		MaxRequestPixels: c.MaxRequestPixels, Logger: a.log.With("part", "status")}
 	if c.TokenFile == "" {
 		return o, nil
 	}

@@ -23,6 +23,10 @@ type Status struct {
 	MaxBody ByteSize `yaml:"max_body"`
 	// History is how many one-second points the page's charts keep, default 300.
 	History int `yaml:"history"`
+	// MaxPixels caps one picture sent to the predict API and MaxRequestPixels the pictures of
+	// one request (0: the server's defaults, 12 MP and 24 MP); 16-bit pictures count twice.
+	MaxPixels        int `yaml:"max_pixels"`
+	MaxRequestPixels int `yaml:"max_request_pixels"`
 }
 
 // Addr is the address to listen on, "" when the server is off.
@@ -53,6 +57,9 @@ func (s *Status) applyDefaults(c *Config) {
 func (s *Status) validate(bad func(field, format string, a ...any)) {
 	if s.MaxBody < 1<<10 || s.MaxBody > 256<<20 {
 		bad("status.max_body", "%d bytes is outside 1KiB..256MiB", s.MaxBody)
+	}
+	if s.MaxPixels < 0 || s.MaxRequestPixels < 0 || s.MaxPixels > 1<<28 || s.MaxRequestPixels > 1<<28 {
+		bad("status.max_pixels", "max_pixels and max_request_pixels must be within 0..%d (0: the default)", 1<<28)
 	}
 	if s.History < 10 || s.History > 3600 {
 		bad("status.history", "%d is outside 10..3600 (one point per second)", s.History)

@@ -22,6 +22,7 @@ type metrics struct {
 	predictRequests  *prometheus.CounterVec
 	predictInstances prometheus.Counter
 	predictInflight  prometheus.Gauge
+	predictReading   prometheus.Gauge
 	streams          prometheus.Gauge
 	streamsRefused   prometheus.Counter
 }
@@ -41,6 +42,10 @@ func newMetrics(s *Server) *metrics {
 			Name: "edge_agent_predict_inflight",
 			Help: "Predict API requests being served now.",
 		}),
+		predictReading: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "edge_agent_predict_reading",
+			Help: "Predict API requests whose body is still being received.",
+		}),
 		streams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "edge_agent_status_streams",
 			Help: "Live status streams (open status pages) now.",
@@ -50,7 +55,7 @@ func newMetrics(s *Server) *metrics {
 			Help: "Live status streams refused because the maximum was open.",
 		}),
 	}
-	m.reg.MustRegister(newCollector(s), m.predictRequests, m.predictInstances, m.predictInflight, m.streams, m.streamsRefused,
+	m.reg.MustRegister(newCollector(s), m.predictRequests, m.predictInstances, m.predictInflight, m.predictReading, m.streams, m.streamsRefused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"image/color"
 	"image/jpeg"
 	"image/png"
 	"net/http"
@@ -66,6 +67,19 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request) int {
 		return writeError(w, http.StatusNotFound, fmt.Sprintf("POST %s: the only POST here is /v1/models/{name}:predict (classify and regress are not served)", r.URL.Path))
 	}
 	name := path[:i]
+	m, err := s.agent.Model(name)
+	if err != nil {
+		return writeError(w, modelErrorCode(err), err.Error())
+	}
+	if r.ContentLength > s.opt.MaxBody {
+		return writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is %d bytes, over the limit of %d (status.max_body)", r.ContentLength, s.opt.MaxBody))
+	}
+	// The body is read before a predict slot is taken, within its own bound and deadline,
+	// so that clients that send slowly (or not at all) cannot hold the slots.
+	body, code, msg := s.readBody(w, r)
+	if code != 0 {
+		return writeError(w, code, msg)
+	}
 	select {
 	case s.inflight <- struct{}{}:
 		defer func() { <-s.inflight }()
@@ -75,24 +89,10 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request) int {
 	}
 	s.met.predictInflight.Inc()
 	defer s.met.predictInflight.Dec()
-	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(60 * time.Second))
-
-	m, err := s.agent.Model(name)
-	if err != nil {
-		return writeError(w, modelErrorCode(err), err.Error())
-	}
-	if r.ContentLength > s.opt.MaxBody {
-		return writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is %d bytes, over the limit of %d (status.max_body)", r.ContentLength, s.opt.MaxBody))
-	}
-	buf := bytes.NewBuffer(make([]byte, 0, max(r.ContentLength, 512)))
-	_, err = buf.ReadFrom(http.MaxBytesReader(w, r.Body, s.opt.MaxBody))
-	body := buf.Bytes()
-	if err != nil {
-		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is over the limit of %d bytes (status.max_body)", s.opt.MaxBody))
-		}
-		return writeError(w, http.StatusBadRequest, "reading the body: "+err.Error())
-	}
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(predictDeadline))
+	ctx, cancel := context.WithTimeout(r.Context(), predictDeadline)
+	defer cancel()
+	r = r.WithContext(ctx)
 	frames, columnar, err := s.decodePredict(body, m)
 	if err != nil {
 		return writeRequestError(w, err)
@@ -120,6 +120,39 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request) int {
 		return writeJSON(w, http.StatusOK, map[string]any{"outputs": columns(preds)})
 	}
 	return writeJSON(w, http.StatusOK, map[string]any{"predictions": preds})
+}
+
+// Predict request bounds: readersPerSlot requests per predict slot may be receiving their
+// bodies at once, each for at most bodyDeadline; a request then runs for at most
+// predictDeadline.
+const (
+	readersPerSlot  = 4
+	bodyDeadline    = 30 * time.Second
+	predictDeadline = 60 * time.Second
+)
+
+// readBody reads a predict body (at most status.max_body, within bodyDeadline), holding one
+// of the reader tokens while it does. code is 0 on success, else the status to answer.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) (body []byte, code int, msg string) {
+	select {
+	case s.reading <- struct{}{}:
+		defer func() { <-s.reading }()
+	default:
+		w.Header().Set("Retry-After", "1")
+		return nil, http.StatusTooManyRequests, fmt.Sprintf("%d predict requests are sending their bodies, the most this server takes at once: retry shortly", cap(s.reading))
+	}
+	s.met.predictReading.Inc()
+	defer s.met.predictReading.Dec()
+	http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyDeadline))
+	buf := bytes.NewBuffer(make([]byte, 0, min(max(r.ContentLength, 512), s.opt.MaxBody)))
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, s.opt.MaxBody))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return nil, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is over the limit of %d bytes (status.max_body)", s.opt.MaxBody)
+		}
+		return nil, http.StatusBadRequest, fmt.Sprintf("reading the body: %v (it must arrive within %v)", err, bodyDeadline)
+	}
+	return buf.Bytes(), 0, ""
 }
 
 func modelErrorCode(err error) int {
@@ -192,7 +225,8 @@ func (s *Server) decodePredict(body []byte, m Model) (frames []sensor.Frame, col
 			}
 			switch key {
 			case "instances":
-				if frames, err = s.rowFrames(sc, m); err != nil {
+				left := int64(s.opt.MaxRequestPixels)
+				if frames, err = s.rowFrames(sc, m, &left); err != nil {
 					return nil, false, err
 				}
 			case "inputs":
@@ -240,7 +274,7 @@ func (s *Server) decodePredict(body []byte, m Model) (frames []sensor.Frame, col
 }
 
 // rowFrames reads the instances array at sc: [instance, ...].
-func (s *Server) rowFrames(sc *jscan, m Model) ([]sensor.Frame, error) {
+func (s *Server) rowFrames(sc *jscan, m Model, pixelsLeft *int64) ([]sensor.Frame, error) {
 	if sc.peek() != '[' {
 		return nil, badRequest("instances must be a JSON array, one element per instance")
 	}
@@ -261,7 +295,7 @@ func (s *Server) rowFrames(sc *jscan, m Model) ([]sensor.Frame, error) {
 			if el, err = sc.value(); err != nil {
 				return nil, badRequest("%s: %v", where, err)
 			}
-			f, err = s.objectInstance(el, m, where)
+			f, err = s.objectInstance(el, m, where, pixelsLeft)
 		} else {
 			f, err = s.tensorAt(sc, m, where)
 		}
@@ -284,13 +318,13 @@ func (s *Server) rowFrames(sc *jscan, m Model) ([]sensor.Frame, error) {
 
 // objectInstance reads {"b64": "..."} (a PNG, JPEG or .npy file) or an object of input
 // name → tensor.
-func (s *Server) objectInstance(raw []byte, m Model, where string) (sensor.Frame, error) {
+func (s *Server) objectInstance(raw []byte, m Model, where string, pixelsLeft *int64) (sensor.Frame, error) {
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &obj); err != nil {
 		return sensor.Frame{}, badRequest("%s: %v", where, err)
 	}
 	if b, ok := obj["b64"]; ok && len(obj) == 1 {
-		return s.b64Frame(b, m, where+".b64")
+		return s.b64Frame(b, m, where+".b64", pixelsLeft)
 	}
 	return s.namedInputs(obj, m, where)
 }
@@ -390,7 +424,9 @@ func (s *Server) namedInputs(obj map[string]json.RawMessage, m Model, where stri
 
 // b64Frame decodes {"b64": "..."}: a PNG or JPEG picture (through the model's image
 // preprocessing) or a .npy tensor, read as the file source reads files.
-func (s *Server) b64Frame(raw json.RawMessage, m Model, where string) (sensor.Frame, error) {
+// pixelsLeft is what is left of the request's pixel budget (status.max_request_pixels); the
+// picture's pixels are taken from it before it is decoded.
+func (s *Server) b64Frame(raw json.RawMessage, m Model, where string, pixelsLeft *int64) (sensor.Frame, error) {
 	var str string
 	if err := json.Unmarshal(raw, &str); err != nil {
 		return sensor.Frame{}, badRequest("%s must be a base64 string", where)
@@ -406,6 +442,7 @@ func (s *Server) b64Frame(raw json.RawMessage, m Model, where string) (sensor.Fr
 		return sensor.Frame{}, badRequest("%s is not base64: %v", where, err)
 	}
 	var w, h int
+	deep := false // 16 bits per channel: decodes to twice the memory of 8 bits
 	isImage := true
 	switch {
 	case bytes.HasPrefix(data, []byte("\x89PNG\r\n\x1a\n")):
@@ -414,6 +451,7 @@ func (s *Server) b64Frame(raw json.RawMessage, m Model, where string) (sensor.Fr
 			return sensor.Frame{}, badRequest("%s: not a readable PNG: %v", where, err)
 		}
 		w, h = c.Width, c.Height
+		deep = c.ColorModel == color.Gray16Model || c.ColorModel == color.RGBA64Model || c.ColorModel == color.NRGBA64Model
 	case bytes.HasPrefix(data, []byte{0xff, 0xd8, 0xff}):
 		c, err := jpeg.DecodeConfig(bytes.NewReader(data))
 		if err != nil {
@@ -427,8 +465,22 @@ func (s *Server) b64Frame(raw json.RawMessage, m Model, where string) (sensor.Fr
 		if !m.TakesImage {
 			return sensor.Frame{}, badRequest("%s: model %q does not take pictures (its input %s%v is not image-shaped, or input.kind is not image): send the input tensor as nested arrays", where, m.Name, m.Inputs[0].DType, m.Inputs[0].Shape)
 		}
-		if int64(w)*int64(h) > int64(s.opt.MaxPixels) {
-			return sensor.Frame{}, &httpError{http.StatusRequestEntityTooLarge, fmt.Sprintf("%s: the picture is %d×%d, over the limit of %d pixels: scale it down", where, w, h, s.opt.MaxPixels)}
+		// Checked from the header, before anything is decoded: a small compressed file can
+		// decode to hundreds of megabytes.
+		px := int64(w) * int64(h)
+		cost := px
+		if deep {
+			cost *= 2
+		}
+		if cost > int64(s.opt.MaxPixels) {
+			depth := ""
+			if deep {
+				depth = " with 16-bit channels, which count twice"
+			}
+			return sensor.Frame{}, &httpError{http.StatusRequestEntityTooLarge, fmt.Sprintf("%s: the picture is %d×%d%s, over the limit of %d pixels per picture (status.max_pixels): scale it down", where, w, h, depth, s.opt.MaxPixels)}
+		}
+		if *pixelsLeft -= cost; *pixelsLeft < 0 {
+			return sensor.Frame{}, &httpError{http.StatusRequestEntityTooLarge, fmt.Sprintf("%s: the request's pictures are over the limit of %d pixels per request (status.max_request_pixels): send fewer per request", where, s.opt.MaxRequestPixels)}
 		}
 	}
 	f, err := file.Decode("", data, sensor.FileSpec{})

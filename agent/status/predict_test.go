@@ -9,12 +9,15 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"image"
+	"image/png"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -281,41 +284,49 @@ func TestPredictRefusesBadRequests(t *testing.T) {
 	}
 }
 
-// When the most requests the server takes at once are running, one more gets 429 at once
-// (not a queue), and the server takes requests again when they end.
+// Clients that announce a body and send it slowly do not hold the predict slots: the slots
+// are taken once the body is in, so eight such clients leave a ninth request served. What
+// they hold is a reader token, of which there are four per slot; with all taken, the next
+// request gets 429 saying why.
 func TestPredictSaturation(t *testing.T) {
 	testenv.NoGoroutineLeaks(t)
 	r := startAgent(t, "models:"+mnistModel)
 	addr := strings.TrimPrefix(r.url, "http://")
-	// Eight requests that announce a body and send only part of it hold their slots.
 	var slow []net.Conn
-	for range 8 {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		slow = append(slow, c)
-		fmt.Fprintf(c, "POST /v1/models/mnist:predict HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"instances\": [", addr)
-	}
 	defer func() {
 		for _, c := range slow {
 			c.Close()
 		}
 	}()
-	eventually(t, "8 predict requests in flight", func() bool {
-		v, _ := metric(r.scrape(t), "edge_agent_predict_inflight")
-		return v == 8
-	})
+	stall := func(n int) {
+		for range n {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			slow = append(slow, c)
+			fmt.Fprintf(c, "POST /v1/models/mnist:predict HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"instances\": [", addr)
+		}
+		eventually(t, fmt.Sprintf("%d predict bodies being received", len(slow)), func() bool {
+			v, _ := metric(r.scrape(t), "edge_agent_predict_reading")
+			return v == float64(len(slow))
+		})
+	}
 	body := `{"instances": [[` + strings.TrimSuffix(strings.Repeat("0,", 784), ",") + `]]}`
+	stall(8)
+	if code, msg := r.post(t, "/v1/models/mnist:predict", body, nil); code != http.StatusOK {
+		t.Fatalf("with 8 slow senders: %d %s; want 200 (they must not hold the predict slots)", code, msg)
+	}
+	stall(24) // 32 = 4 readers per slot × 8 slots
 	code, msg := r.post(t, "/v1/models/mnist:predict", body, nil)
-	if code != http.StatusTooManyRequests || !strings.Contains(msg, "8 predict requests are running") {
-		t.Fatalf("9th request: %d %s; want 429", code, msg)
+	if code != http.StatusTooManyRequests || !strings.Contains(msg, "32 predict requests are sending their bodies") {
+		t.Fatalf("with 32 slow senders: %d %s; want 429", code, msg)
 	}
 	for _, c := range slow {
 		c.Close()
 	}
 	eventually(t, "the slow requests to end", func() bool {
-		v, _ := metric(r.scrape(t), "edge_agent_predict_inflight")
+		v, _ := metric(r.scrape(t), "edge_agent_predict_reading")
 		return v == 0
 	})
 	if code, msg := r.post(t, "/v1/models/mnist:predict", body, nil); code != http.StatusOK {
@@ -324,6 +335,47 @@ func TestPredictSaturation(t *testing.T) {
 	mfs := r.scrape(t)
 	if n := mustMetric(t, mfs, "edge_agent_predict_requests_total", "code=429"); n != 1 {
 		t.Errorf("edge_agent_predict_requests_total{code=429} = %v; want 1", n)
+	}
+}
+
+// Pictures are checked against the pixel budgets from their headers, before anything is
+// decoded: a 130 KB 4096×4096 16-bit PNG (about 130 MB decoded) gets 413 naming the limit
+// and costs the server far less than decoding it would, and a request whose pictures are
+// each within the limit but together over the request's budget gets 413 too.
+func TestPredictPixelBudgets(t *testing.T) {
+	testenv.NoGoroutineLeaks(t)
+	r := startAgent(t, `models:
+  - name: pictures
+    path: @TESTDATA@/mnist_model.tflite
+    input: {kind: image, image: {resize: area, color: grey, std: [255]}}`)
+	encode := func(img image.Image) string {
+		var b bytes.Buffer
+		if err := png.Encode(&b, img); err != nil {
+			t.Fatal(err)
+		}
+		return base64.StdEncoding.EncodeToString(b.Bytes())
+	}
+	big := encode(image.NewGray16(image.Rect(0, 0, 4096, 4096)))
+	req := `{"instances": [{"b64": "` + big + `"}]}`
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	code, msg := r.post(t, "/v1/models/pictures:predict", req, nil)
+	runtime.ReadMemStats(&after)
+	if code != http.StatusRequestEntityTooLarge || !strings.Contains(msg, "4096×4096 with 16-bit channels") || !strings.Contains(msg, "status.max_pixels") {
+		t.Errorf("4096×4096 16-bit PNG: %d %s; want 413 naming the per-picture limit", code, msg)
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 50<<20 {
+		t.Errorf("the refused picture cost %d MB of allocations; want under 50 MB (it must not be decoded)", grew>>20)
+	}
+	mid := encode(image.NewGray(image.Rect(0, 0, 2900, 2900))) // 8.4 MP: within 12 MP
+	three := `{"instances": [{"b64": "` + mid + `"}, {"b64": "` + mid + `"}, {"b64": "` + mid + `"}]}`
+	if code, msg := r.post(t, "/v1/models/pictures:predict", three, nil); code != http.StatusRequestEntityTooLarge || !strings.Contains(msg, "status.max_request_pixels") {
+		t.Errorf("three 8.4 MP pictures: %d %s; want 413 naming the per-request limit", code, msg)
+	}
+	two := `{"instances": [{"b64": "` + mid + `"}, {"b64": "` + mid + `"}]}`
+	if code, msg := r.post(t, "/v1/models/pictures:predict", two, nil); code != http.StatusOK {
+		t.Errorf("two 8.4 MP pictures: %d %s; want 200", code, msg)
 	}
 }
 

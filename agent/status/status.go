@@ -181,6 +181,13 @@ type DriftScore struct {
 	Windows   uint64  `json:"windows"`
 }
 
+// Defaults of the predict API's picture budgets: 12 MP is a 4000×3000 photo; a request may
+// carry twice that.
+const (
+	DefaultMaxPixels        = 12_000_000
+	DefaultMaxRequestPixels = 24_000_000
+)
+
 // Options configure the server. Zero values take the defaults named.
 type Options struct {
 	// Listen is host:port (port 0 picks a free one).
@@ -200,10 +207,14 @@ type Options struct {
 	MaxInflight int
 	// MaxInstances bounds the instances of one predict request (default 64).
 	MaxInstances int
-	// MaxPixels bounds a picture sent to the predict API (default 4096×4096): a small
-	// compressed file may claim a huge size, and decoding allocates for all of it.
-	MaxPixels int
-	Logger    *slog.Logger
+	// MaxPixels bounds a picture sent to the predict API (default DefaultMaxPixels; a
+	// picture with 16-bit channels counts twice): a small compressed file may claim a huge
+	// size, and decoding allocates for all of it. MaxRequestPixels bounds the pictures of
+	// one request together (default DefaultMaxRequestPixels). Both are checked from the
+	// headers, before anything is decoded.
+	MaxPixels        int
+	MaxRequestPixels int
+	Logger           *slog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -221,6 +232,7 @@ type Server struct {
 	page  *page
 
 	inflight chan struct{} // predict requests running: a token each
+	reading  chan struct{} // predict requests receiving their body: a token each
 	// rates is the latest per-model result rates, swapped whole by the sampler.
 	rates atomic.Pointer[map[string]float64]
 
@@ -255,7 +267,10 @@ func New(a Agent, opt Options) (*Server, error) {
 		opt.MaxInstances = 64
 	}
 	if opt.MaxPixels <= 0 {
-		opt.MaxPixels = 4096 * 4096
+		opt.MaxPixels = DefaultMaxPixels
+	}
+	if opt.MaxRequestPixels <= 0 {
+		opt.MaxRequestPixels = DefaultMaxRequestPixels
 	}
 	host, _, err := net.SplitHostPort(opt.Listen)
 	if err != nil {
@@ -273,6 +288,7 @@ func New(a Agent, opt Options) (*Server, error) {
 		hist:     newHistory(opt.History),
 		live:     newBroadcaster(opt.MaxStreams),
 		inflight: make(chan struct{}, opt.MaxInflight),
+		reading:  make(chan struct{}, readersPerSlot*opt.MaxInflight),
 	}
 	s.met = newMetrics(s)
 	s.page, err = newPage()
