@@ -6,6 +6,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"image"
@@ -42,7 +43,12 @@ func (a *Agent) setupStatus(opt Options) error {
 func (a *Agent) statusOptions() (status.Options, error) {
 	c := a.cfg.Status
 	o := status.Options{Listen: c.Addr(), MaxBody: int64(c.MaxBody), History: c.History, MaxPixels: c.MaxPixels,
-		MaxRequestPixels: c.MaxRequestPixels, Logger: a.log.With("part", "status")}
+		MaxRequestPixels: c.MaxRequestPixels, TLSCert: c.TLSCert, TLSKey: c.TLSKey, Logger: a.log.With("part", "status")}
+	if c.TLSCert != "" {
+		if _, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey); err != nil {
+			return o, fmt.Errorf("status.tls_cert, status.tls_key: %w: give a PEM certificate and its key", err)
+		}
+	}
 	if c.TokenFile == "" {
 		return o, nil
 	}

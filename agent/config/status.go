@@ -27,6 +27,9 @@ type Status struct {
 	// one request (0: the server's defaults, 12 MP and 24 MP); 16-bit pictures count twice.
 	MaxPixels        int `yaml:"max_pixels"`
 	MaxRequestPixels int `yaml:"max_request_pixels"`
+	// TLSCert and TLSKey (PEM files, both or neither) make the server speak HTTPS.
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
 }
 
 // Addr is the address to listen on, "" when the server is off.
@@ -46,6 +49,7 @@ func (s *Status) applyDefaults(c *Config) {
 		s.Listen = &d
 	}
 	s.TokenFile = c.Resolve(s.TokenFile)
+	s.TLSCert, s.TLSKey = c.Resolve(s.TLSCert), c.Resolve(s.TLSKey)
 	if s.MaxBody == 0 {
 		s.MaxBody = 8 << 20
 	}
@@ -60,6 +64,9 @@ func (s *Status) validate(bad func(field, format string, a ...any)) {
 	}
 	if s.MaxPixels < 0 || s.MaxRequestPixels < 0 || s.MaxPixels > 1<<28 || s.MaxRequestPixels > 1<<28 {
 		bad("status.max_pixels", "max_pixels and max_request_pixels must be within 0..%d (0: the default)", 1<<28)
+	}
+	if (s.TLSCert == "") != (s.TLSKey == "") {
+		bad("status.tls_cert", "tls_cert and tls_key go together: give both PEM files, or neither")
 	}
 	if s.History < 10 || s.History > 3600 {
 		bad("status.history", "%d is outside 10..3600 (one point per second)", s.History)
@@ -77,7 +84,7 @@ func (s *Status) validate(bad func(field, format string, a ...any)) {
 		bad("status.listen", "port %q of %q is not a number within 0..65535", port, addr)
 	}
 	if !IsLoopback(host) && s.TokenFile == "" {
-		bad("status.listen", "%q is reachable from other machines, so status.token_file is required (a bearer token for state-changing requests); or listen on 127.0.0.1", addr)
+		bad("status.listen", "%q is reachable from other machines, so status.token_file is required (a bearer token every request must carry there); or listen on 127.0.0.1", addr)
 	}
 }
 

@@ -5,11 +5,14 @@ package status_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -93,6 +96,16 @@ func startAgent(t testing.TB, yml string) *running {
 		cfg.Inbox = filepath.Join(dir, "inbox")
 	}
 	r := &running{logs: &syncBuffer{}, url: "http://" + cfg.Status.Addr(), client: &http.Client{Transport: &http.Transport{}, Timeout: time.Minute}}
+	if cfg.Status.TLSCert != "" { // trust the server's own (self-signed) certificate
+		pem, err := os.ReadFile(cfg.Status.TLSCert)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(pem)
+		r.url = "https://" + cfg.Status.Addr()
+		r.client.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+	}
 	r.a, err = agent.New(cfg, agent.Options{Logger: slog.New(slog.NewTextHandler(r.logs, nil)), HealthEvery: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("agent.New: %v", err)
@@ -121,7 +134,8 @@ func startAgent(t testing.TB, yml string) *running {
 			return false
 		}
 		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
+		// 401: up, on a listener where every request needs the token.
+		return resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized
 	})
 	return r
 }

@@ -259,7 +259,7 @@ func TestPredictRefusesBadRequests(t *testing.T) {
 	if code, msg := r.post(t, "/v1/models/mnist:predict", big, nil); code != http.StatusRequestEntityTooLarge || !strings.Contains(msg, "limit") {
 		t.Errorf("9 MiB body: %d %s; want 413", code, msg)
 	}
-	code, msg := r.call(t, http.MethodPost, "/v1/models/mnist:predict", io.MultiReader(bytes.NewReader(big)))
+	code, msg := r.call(t, http.MethodPost, "/v1/models/mnist:predict", io.MultiReader(bytes.NewReader(big)), "Content-Type", "application/json")
 	if code != http.StatusRequestEntityTooLarge || !strings.Contains(string(msg), "limit") {
 		t.Errorf("9 MiB chunked body: %d %s; want 413", code, msg)
 	}

@@ -4,13 +4,24 @@ package status_test
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
 	"log/slog"
+	"math/big"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/edge-agent/edge-agent/agent"
 	"github.com/edge-agent/edge-agent/agent/config"
@@ -69,6 +80,10 @@ func TestSecurity(t *testing.T) {
 	zeros := "[" + strings.TrimSuffix(strings.Repeat("0,", 784), ",") + "]"
 	if code, body := r.post(t, "/v1/models/mnist:predict", `{"instances": [`+zeros+`]}`, nil); code != http.StatusOK {
 		t.Errorf("predict without a token: %d %s; want 200 (predictions change nothing)", code, body)
+	}
+	// A web page can post text/plain across origins without asking; predict refuses it.
+	if code, body := r.call(t, http.MethodPost, "/v1/models/mnist:predict", strings.NewReader(`{"instances": [`+zeros+`]}`), "Content-Type", "text/plain"); code != http.StatusUnsupportedMediaType || !strings.Contains(string(body), "application/json") {
+		t.Errorf("predict as text/plain: %d %s; want 415", code, body)
 	}
 	if code, body := r.call(t, http.MethodGet, "/metrics", nil, "Host", "attacker.example:8080"); code != http.StatusMisdirectedRequest || !strings.Contains(string(body), "loopback") {
 		t.Errorf("foreign Host: %d %s; want 421", code, body)
@@ -194,4 +209,74 @@ models:`+strings.Replace(mnistModel, "workers: 2", "workers: 2\n    sources: [di
 	if v := mustMetric(t, r.scrape(t), "edge_agent_status_streams_refused_total"); v != 1 {
 		t.Errorf("streams refused = %v; want 1", v)
 	}
+}
+
+// On a listener other machines reach, every route needs the token: the page, /metrics,
+// /v1/status (broker, models, reasons), health and predict; with it they answer.
+func TestEveryRouteNeedsTheTokenOffLoopback(t *testing.T) {
+	token := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(token, []byte("s3cret-s3cret-s3cret\n"), 0o600)
+	r := startAgent(t, fmt.Sprintf("status: {listen: \"0.0.0.0:%d\", token_file: %s}\nmodels:%s", testenv.FreePort(t), token, mnistModel))
+	zeros := "[" + strings.TrimSuffix(strings.Repeat("0,", 784), ",") + "]"
+	predict := `{"instances": [` + zeros + `]}`
+	for _, c := range []struct{ method, path, body string }{
+		{http.MethodGet, "/", ""}, {http.MethodGet, "/metrics", ""}, {http.MethodGet, "/v1/status", ""},
+		{http.MethodGet, "/healthz", ""}, {http.MethodGet, "/v1/models/mnist", ""},
+		{http.MethodPost, "/v1/models/mnist:predict", predict},
+	} {
+		code, body := r.call(t, c.method, c.path, strings.NewReader(c.body), "Content-Type", "application/json")
+		if code != http.StatusUnauthorized || !strings.Contains(string(body), "reachable from other machines") {
+			t.Errorf("%s %s without the token: %d %s; want 401", c.method, c.path, code, body)
+		}
+		code, body = r.call(t, c.method, c.path, strings.NewReader(c.body), "Content-Type", "application/json", "Authorization", "Bearer s3cret-s3cret-s3cret")
+		if code != http.StatusOK {
+			t.Errorf("%s %s with the token: %d %s; want 200", c.method, c.path, code, body)
+		}
+	}
+}
+
+// With status.tls_cert and tls_key the server speaks HTTPS only.
+func TestStatusOverTLS(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := selfSigned(t, dir)
+	r := startAgent(t, "status: {listen: @LISTEN@, tls_cert: "+cert+", tls_key: "+key+"}\nmodels:"+mnistModel)
+	if code, body := r.call(t, http.MethodGet, "/v1/status", nil); code != http.StatusOK {
+		t.Fatalf("GET /v1/status over TLS: %d %s", code, body)
+	}
+	plain := strings.Replace(r.url, "https://", "http://", 1)
+	resp, err := http.Get(plain + "/v1/status")
+	if err == nil {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Errorf("plain HTTP answered 200 on a TLS listener: %s", b)
+		}
+	}
+	if _, err := config.Parse([]byte("status: {tls_cert: "+cert+"}"), dir); err == nil || !strings.Contains(err.Error(), "tls_key") {
+		t.Errorf("tls_cert without tls_key: %v; want a refusal naming tls_key", err)
+	}
+}
+
+// selfSigned writes a self-signed certificate for 127.0.0.1 and its key as PEM files.
+func selfSigned(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "edge-agent test"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	return certFile, keyFile
 }

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"mime"
 	"net"
 	"net/http"
 	"strings"
@@ -195,6 +196,8 @@ type Options struct {
 	// Token, when set, is the bearer token state-changing requests must carry. Listen on
 	// a non-loopback address is refused without it.
 	Token string
+	// TLSCert and TLSKey (PEM files) make the server speak HTTPS.
+	TLSCert, TLSKey string
 	// MaxBody caps a request body (default 8 MiB); larger gets 413.
 	MaxBody int64
 	// History is how many points the charts keep (default 300, one per Every).
@@ -360,7 +363,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.sample(ctx)
 	}()
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	go func() {
+		if s.opt.TLSCert != "" {
+			served <- srv.ServeTLS(ln, s.opt.TLSCert, s.opt.TLSKey)
+			return
+		}
+		served <- srv.Serve(ln)
+	}()
 	var err error
 	select {
 	case err = <-served:
@@ -381,8 +390,11 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 // guard applies the checks every request passes: security headers, the Host check that
-// defeats DNS rebinding on a loopback listener, and the bearer token for state-changing
-// requests (everything but GET/HEAD and predictions, which change nothing).
+// defeats DNS rebinding on a loopback listener, the bearer token (for every request on a
+// listener other machines reach, which would otherwise show them the broker, the models and
+// the metrics; else for state-changing requests: everything but GET/HEAD and predictions),
+// and a JSON content type for predictions, which a web page cannot send across origins
+// without the server's consent (a text/plain form post could).
 func (s *Server) guard(next http.Handler) http.Handler {
 	host, _, _ := net.SplitHostPort(s.opt.Listen)
 	onLoopback := loopback(host)
@@ -397,7 +409,7 @@ func (s *Server) guard(next http.Handler) http.Handler {
 			writeError(w, http.StatusMisdirectedRequest, fmt.Sprintf("host %q is not served here: this server listens on loopback and answers only to localhost, 127.0.0.1 or [::1]", r.Host))
 			return
 		}
-		if r.Method != http.MethodGet && r.Method != http.MethodHead && !isPredict(r) {
+		if !onLoopback || r.Method != http.MethodGet && r.Method != http.MethodHead && !isPredict(r) {
 			if s.opt.Token == "" {
 				writeError(w, http.StatusForbidden, "state-changing requests need a bearer token: set status.token_file")
 				return
@@ -405,7 +417,17 @@ func (s *Server) guard(next http.Handler) http.Handler {
 			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.opt.Token)) != 1 {
 				h.Set("WWW-Authenticate", `Bearer realm="edge-agent"`)
-				writeError(w, http.StatusUnauthorized, "this request changes state: send Authorization: Bearer <the token in status.token_file>")
+				why := "this request changes state"
+				if !onLoopback {
+					why = "this server is reachable from other machines, so every request needs the token"
+				}
+				writeError(w, http.StatusUnauthorized, why+": send Authorization: Bearer <the token in status.token_file>")
+				return
+			}
+		}
+		if isPredict(r) {
+			if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
+				writeError(w, http.StatusUnsupportedMediaType, fmt.Sprintf("predict takes Content-Type: application/json, not %q", r.Header.Get("Content-Type")))
 				return
 			}
 		}
