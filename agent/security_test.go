@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/edge-agent/edge-agent/agent/command"
 	"github.com/edge-agent/edge-agent/internal/bundletest"
 	"github.com/edge-agent/edge-agent/internal/mqtttest"
@@ -278,5 +280,63 @@ mqtt: {broker: %s, backoff_min: 50ms, backoff_max: 200ms}
 	con.send("edge/sec-f/cmd", con.cmd("after", "ping", ""))
 	if status, why := lastReply(con, "after"); status != "done" {
 		t.Errorf("signed ping after the flood: %s %q", status, why)
+	}
+}
+
+// The broker ACL this project documents is keyed on the authenticated user, not on the client
+// id, which any client picks: with `pattern readwrite edge/%u/#`, user mallory connecting
+// with the device's client id cannot publish on the device's topics, which the older
+// `%c` ACL let her do. The device itself, as its own user, gets online and sends results
+// under that ACL, and warns that its password crosses a tcp:// connection in clear.
+func TestBrokerACLKeyedOnTheUser(t *testing.T) {
+	users := map[string]string{"sec-acl": "dev-pw", "mallory": "evil-pw", "watch": "watch-pw"}
+	spoofed := func(acl string) int {
+		t.Helper()
+		b := testenv.MosquittoWith(t, testenv.BrokerConfig{Passwords: users, ACL: acl + "\nuser watch\ntopic readwrite edge/#"})
+		seen := mqtttest.NewConsumerAs(t, b.URL, "watch", "watch-pw", "edge/sec-acl/#")
+		m := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(b.URL).SetClientID("sec-acl").SetUsername("mallory").SetPassword("evil-pw").SetProtocolVersion(4))
+		if tok := m.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("mallory connect: %v", tok.Error())
+		}
+		defer m.Disconnect(100)
+		for _, topic := range []string{"edge/sec-acl/cmd", "edge/sec-acl/results"} {
+			if tok := m.Publish(topic, 1, false, `{"spoofed": true}`); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+				t.Fatalf("publish: %v", tok.Error())
+			}
+		}
+		// A marker from the watcher's own side ends the wait: what mallory's publishes did
+		// has happened by the time the broker delivers a later message.
+		w := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(b.URL).SetClientID("marker").SetUsername("watch").SetPassword("watch-pw").SetProtocolVersion(4))
+		if tok := w.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("marker connect: %v", tok.Error())
+		}
+		defer w.Disconnect(100)
+		if tok := w.Publish("edge/sec-acl/marker", 1, false, `{"marker": true}`); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("marker publish: %v", tok.Error())
+		}
+		mqtttest.WaitFor(t, 10*time.Second, "the marker", func() bool { return seen.RawCount("edge/sec-acl/marker") == 1 })
+		return seen.RawCount("edge/sec-acl/cmd") + seen.RawCount("edge/sec-acl/results")
+	}
+	if n := spoofed("pattern readwrite edge/%c/#"); n != 2 {
+		t.Errorf("with the client-id ACL mallory got %d of 2 spoofed messages through; the test expects the old ACL to be spoofable", n)
+	}
+	if n := spoofed("pattern readwrite edge/%u/#\npattern read edge/group/+/cmd\npattern read edge/all/cmd"); n != 0 {
+		t.Errorf("with the user ACL mallory got %d spoofed messages through; want 0", n)
+	}
+
+	b := testenv.MosquittoWith(t, testenv.BrokerConfig{Passwords: users, ACL: "pattern readwrite edge/%u/#\npattern read edge/group/+/cmd\npattern read edge/all/cmd\nuser watch\ntopic read edge/#"})
+	results := mqtttest.NewConsumerAs(t, b.URL, "watch", "watch-pw", "edge/+/results")
+	r := start(t, fmt.Sprintf(`
+device: sec-acl
+state_dir: %s
+mqtt: {broker: %s, username: sec-acl, password: dev-pw, backoff_min: 50ms, backoff_max: 200ms, batch_wait: 20ms}
+sources:
+  - {name: sweep, kind: synthetic, rate: 100, synthetic: {wave: sine, phase: true, offset: -3.14159}}
+models:
+  - {name: sin, path: @TESTDATA@/sin_model.tflite, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
+`, t.TempDir(), b.URL))
+	mqtttest.WaitFor(t, 20*time.Second, "results of the device under the user ACL", func() bool { return results.Count("results", "sec-acl") >= 10 })
+	if c, ok := r.a.Health().Get("security/cleartext-password"); !ok || !strings.Contains(c.Message, "ssl://") {
+		t.Errorf("health security/cleartext-password = %+v, %v; want a warning naming ssl://", c, ok)
 	}
 }

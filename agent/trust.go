@@ -49,6 +49,10 @@ func trust(cfg *config.Config) (status.Security, []health.Condition) {
 		sec.Commands = commandsSigned
 		sec.Detail = "only commands signed by key " + strings.Join(sec.Keys[config.RoleCommands], ", ") + " and addressed to this device or its groups"
 	}
+	if q := cfg.MQTT; (q.Password != "" || q.PasswordFile != "") && (strings.HasPrefix(q.Broker, "tcp://") || strings.HasPrefix(q.Broker, "mqtt://") || strings.HasPrefix(q.Broker, "ws://")) {
+		conds = append(conds, health.Condition{Code: "security/cleartext-password", Severity: health.Warning, Component: "security",
+			Message: "mqtt.broker " + q.Broker + " is not TLS, so the MQTT password crosses the network in clear: use ssl://host:8883 with mqtt.ca_file (docs/security.md#broker-access-control)"})
+	}
 	if len(sec.SharedKeyRoles) > 1 {
 		conds = append(conds, health.Condition{Code: "security/shared-keys", Severity: health.Warning, Component: "security",
 			Message: "trusted_keys is one key set for " + strings.Join(sec.SharedKeyRoles, ", ") +

@@ -32,14 +32,21 @@ type Consumer struct {
 	redel  map[string]int
 	msgs   int
 	status map[string]json.RawMessage
+	topics map[string]int // messages per topic, whatever they hold
 }
 
 // NewConsumer connects to broker with a persistent session and subscribes to topics at QoS 1
 // (again after every reconnect). It disconnects when the test ends.
 func NewConsumer(t testing.TB, broker string, topics ...string) *Consumer {
 	t.Helper()
-	k := &Consumer{t: t, recs: map[string]map[uint64]json.RawMessage{}, dups: map[string]int{}, redel: map[string]int{}, status: map[string]json.RawMessage{}}
-	opts := mqtt.NewClientOptions().AddBroker(broker).SetClientID(fmt.Sprintf("consumer-%08x", rand.Uint32())).
+	return NewConsumerAs(t, broker, "", "", topics...)
+}
+
+// NewConsumerAs is NewConsumer logged in as user with password (for brokers with ACLs).
+func NewConsumerAs(t testing.TB, broker, user, password string, topics ...string) *Consumer {
+	t.Helper()
+	k := &Consumer{t: t, recs: map[string]map[uint64]json.RawMessage{}, dups: map[string]int{}, redel: map[string]int{}, status: map[string]json.RawMessage{}, topics: map[string]int{}}
+	opts := mqtt.NewClientOptions().AddBroker(broker).SetClientID(fmt.Sprintf("consumer-%08x", rand.Uint32())).SetUsername(user).SetPassword(password).
 		SetCleanSession(false).SetAutoReconnect(true).SetMaxReconnectInterval(200 * time.Millisecond).
 		SetOnConnectHandler(func(c mqtt.Client) {
 			for _, tp := range topics {
@@ -63,6 +70,9 @@ func NewConsumer(t testing.TB, broker string, topics ...string) *Consumer {
 }
 
 func (k *Consumer) handle(_ mqtt.Client, m mqtt.Message) {
+	k.mu.Lock()
+	k.topics[m.Topic()]++
+	k.mu.Unlock()
 	payload := m.Payload()
 	if bytes.HasPrefix(payload, []byte{0x1f, 0x8b}) {
 		zr, err := gzip.NewReader(bytes.NewReader(payload))
@@ -129,6 +139,13 @@ func (k *Consumer) handle(_ mqtt.Client, m mqtt.Message) {
 		}
 		k.recs[key][s.Seq] = r
 	}
+}
+
+// RawCount is how many messages arrived on topic, whatever they held.
+func (k *Consumer) RawCount(topic string) int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.topics[topic]
 }
 
 // Record returns the record with seq from a device's stream ("results", "events" or "samples").
