@@ -114,16 +114,21 @@ device: fleet-2
 mqtt: {broker: %s, batch_wait: 20ms, backoff_min: 50ms, backoff_max: 200ms}
 outbox: {max_results: 500, policy: drop-oldest}
 sources:
-  - {name: sweep, kind: synthetic, rate: 3000, synthetic: {wave: sine, phase: true, offset: -3.14159, count: %d}}
+  - {name: sweep, kind: synthetic, rate: 3000, queue: 4000, synthetic: {wave: sine, phase: true, offset: -3.14159, count: %d}}
 models:
   - {name: sin, path: @TESTDATA@/sin_model.tflite, sources: [sweep], queue: 10000, output: {kind: regression, regression: {names: [y]}}}
 `, broker.URL, frames))
-	// A generous bound: under -race on a loaded 2-core machine 3000 inferences and their
-	// commits can take well over 30 s; the wait ends as soon as they are done.
+	// Both queues hold every frame, so none is lost before the model on a slow machine (the
+	// source's queue drops its oldest when full, and those never reach the pipeline's
+	// counters). A generous bound: under -race on a loaded 2-core machine 3000 inferences and
+	// their commits can take well over 30 s; the wait ends as soon as they are done.
 	mqtttest.WaitFor(t, 3*time.Minute, "every frame processed", func() bool {
-		st := r.a.Pipeline().Stats()
-		return len(st) == 1 && st[0].Results+st[0].Dropped >= frames
+		st, src := r.a.Pipeline().Stats(), r.a.SourceStats()
+		return len(st) == 1 && len(src) == 1 && st[0].Results+st[0].Dropped+src[0].Queue.Dropped >= frames
 	})
+	if d := r.a.SourceStats()[0].Queue.Dropped; d != 0 {
+		t.Fatalf("the source's queue dropped %d frames; the test needs every frame to reach the outbox", d)
+	}
 	st := outboxStats(t, r).Streams["results"]
 	if st.Count != 500 || st.Dropped.Oldest != st.Appended-500 || st.Dropped.Newest != 0 {
 		t.Fatalf("outbox during the outage: %+v; want 500 kept and the rest dropped as oldest", st)
