@@ -56,7 +56,16 @@ func (a *Agent) startCommands() error {
 		st.Close()
 		return fmt.Errorf("commands.trusted_keys: %w", err)
 	}
+	clock, err := state.OpenClock(filepath.Join(a.cfg.StateDir, "command-clock.json"))
+	if err != nil {
+		st.Close()
+		return fmt.Errorf("commands: %w", err)
+	}
+	if clock.Warning != "" {
+		a.log.Warn(clock.Warning)
+	}
 	r, err := command.New(command.Options{
+		Clock:         clock,
 		Device:        a.cfg.Device,
 		Groups:        a.cfg.MQTT.Groups,
 		AllowUnsigned: !a.cfg.SignedCommands(),

@@ -133,6 +133,14 @@ type Options struct {
 	// NoKeyHint ends the reason given for every command when there is neither Verify nor
 	// AllowUnsigned: how to give the device a key.
 	NoKeyHint string
+	// Clock, when set, keeps the latest issued_at of the commands taken across restarts
+	// (agent/state's command clock): High is read before the expiry check, which then judges
+	// by the later of Now and High minus MaxSkew, so a device clock set back cannot make an
+	// expired command (whose id is forgotten) valid again; Advance records each command taken.
+	Clock interface {
+		High() time.Time
+		Advance(issued time.Time) error
+	}
 	// MaxBytes bounds a message (default 64 KiB).
 	MaxBytes int
 	// MaxSkew: an issued_at further in the future than this is refused (default 5m).
@@ -384,6 +392,11 @@ func (r *Router) check(payload []byte) (c Command, ok bool) {
 		return c, false
 	}
 	now := r.opt.Now()
+	if r.opt.Clock != nil {
+		if floor := r.opt.Clock.High().Add(-r.opt.MaxSkew); floor.After(now) {
+			now = floor // the device's clock is behind commands it has already taken
+		}
+	}
 	if now.After(c.Expires) {
 		r.expired.Add(1)
 		r.refuse(c.ID, c.Type, fmt.Sprintf("command expired at %s (agent time %s): issue a new one with a later expires, and check the clocks",
@@ -400,6 +413,13 @@ func (r *Router) check(payload []byte) (c Command, ok bool) {
 		r.replayed.Add(1)
 		r.log.Info("command: replayed id ignored", "id", c.ID, "type", c.Type)
 		return c, false
+	}
+	if r.opt.Clock != nil {
+		if err := r.opt.Clock.Advance(c.IssuedAt); err != nil {
+			r.log.Error("command: could not record the command clock", "id", c.ID, "err", err)
+			r.fail(c.ID, c.Type, fmt.Sprintf("could not record the command clock for replay protection (%v): check the agent's state directory, then issue it again with a new id", err))
+			return c, false
+		}
 	}
 	return c, true
 }

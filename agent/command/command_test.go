@@ -570,3 +570,50 @@ func TestRefusalsRateLimited(t *testing.T) {
 		t.Errorf("stats: %+v; want refused 60, suppressed 53, bad_signature 60, accepted 1", st)
 	}
 }
+
+// memClock is an in-memory command clock, standing in for agent/state's file.
+type memClock struct {
+	mu   sync.Mutex
+	high time.Time
+}
+
+func (c *memClock) High() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.high }
+func (c *memClock) Advance(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t.After(c.high) {
+		c.high = t
+	}
+	return nil
+}
+
+// A clock set back cannot replay a command that expired: its id is forgotten by then, but
+// the command clock (the latest issued_at taken) says the device is past its expiry. Without
+// a command clock the same replay would run, which is what the clock is for.
+func TestClockSetBackCannotReplay(t *testing.T) {
+	testenv.NoGoroutineLeaks(t)
+	for _, withClock := range []bool{true, false} {
+		opt := Options{Handlers: map[string]Handler{"echo": echo}}
+		if withClock {
+			opt.Clock = &memClock{}
+		}
+		h := newT(t, opt)
+		old := cmdAt("old", "echo", `{}`, t0, t0.Add(time.Hour))
+		h.r.Handle(old)
+		h.want(t, "old", StatusAccepted, "")
+		h.clock.Advance(3 * time.Hour)
+		h.r.Handle(cmdAt("new", "echo", `{}`, t0.Add(3*time.Hour), t0.Add(4*time.Hour)))
+		h.want(t, "new", StatusAccepted, "")
+		// The ids expired and were forgotten; the device's clock is set back to t0+30m.
+		h.mem.mu.Lock()
+		clear(h.mem.ids)
+		h.mem.mu.Unlock()
+		h.clock.Advance(-150 * time.Minute)
+		h.r.Handle(old)
+		if withClock {
+			h.want(t, "old", StatusFailed, "expired")
+		} else {
+			h.want(t, "old", StatusAccepted, "") // the hole the command clock closes
+		}
+	}
+}

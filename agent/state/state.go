@@ -1,7 +1,8 @@
 // Package state is the agent's small durable state store: a tiny bbolt file for the state
-// the agent itself must keep across restarts. For now it holds one thing: the command ids
-// the agent has seen, so that a replayed command is refused (agent/command asks through a
-// Remember func that agent.go wires to Store.Remember).
+// the agent itself must keep across restarts: the command ids the agent has seen, so that a
+// replayed command is refused (agent/command asks through a Remember func that agent.go wires
+// to Store.Remember), and, in a file of its own (clock.go), the latest issued_at of the
+// commands taken, so that a clock set back cannot reopen a replay.
 //
 // It is the second and last importer of go.etcd.io/bbolt (agent/outbox is the first, for
 // results). Keep it small: large or high-rate data belongs in the outbox.
