@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -47,6 +49,35 @@ func TestUnitFileVerifies(t *testing.T) {
 	out, err := exec.Command(tool, "verify", copyPath).CombinedOutput()
 	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// systemd-analyze security rates the unit's exposure at 2.5 or lower, with the devices the
+// agent needs still allowed (cameras, USB and PCIe Edge TPUs, I2C) and the folders
+// self-update writes still writable.
+func TestUnitFileSecurityExposure(t *testing.T) {
+	tool, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Fatal("systemd-analyze is not installed: apt-get install systemd (scripts/deps.sh does)")
+	}
+	path := filepath.Join(testenv.Root(t), "systemd", "edge-agent.service")
+	out, err := exec.Command(tool, "security", "--offline=yes", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("systemd-analyze security: %v\n%s", err, out)
+	}
+	m := regexp.MustCompile(`Overall exposure level for edge-agent.service: ([0-9.]+)`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("no exposure level in:\n%s", out)
+	}
+	if level, _ := strconv.ParseFloat(string(m[1]), 64); level > 2.5 {
+		t.Errorf("exposure level %.1f; want at most 2.5:\n%s", level, out)
+	}
+	unit, _ := os.ReadFile(path)
+	for _, want := range []string{"DeviceAllow=char-video4linux rw", "DeviceAllow=char-usb_device rw", "DeviceAllow=char-apex rw",
+		"DeviceAllow=char-i2c rw", "ReadWritePaths=/var/lib/edge-agent /opt/edge-agent/bin", "SystemCallErrorNumber=EPERM"} {
+		if !strings.Contains(string(unit), "\n"+want+"\n") {
+			t.Errorf("the unit has no line %q", want)
+		}
 	}
 }
 
