@@ -252,11 +252,7 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 // startDeploy opens the model store and the deploy manager, and serves each bundle-served
 // model's active version.
 func (a *Agent) startDeploy(served []string) error {
-	keys, err := sign.KeysFromConfig(a.cfg.Keys(config.RoleBundles))
-	if err != nil {
-		return fmt.Errorf("bundles.trusted_keys: %w", err)
-	}
-	verifier, err := sign.NewVerifier(keys...)
+	verifier, err := sign.VerifierFromConfig(a.cfg.Keys(config.RoleBundles))
 	if err != nil {
 		return fmt.Errorf("bundles.trusted_keys: %w", err)
 	}

@@ -32,14 +32,10 @@ const maxSigBytes = 64 << 10
 // update role's): a signature by one of them, made for an agent binary, naming the version
 // and architecture it vouches for (agent/update checks both against the binary).
 func BinaryVerifier(trusted []string) (func(bin, sig []byte) (update.Signed, error), error) {
-	keys, err := sign.KeysFromConfig(trusted)
-	if err == nil && len(keys) == 0 {
-		err = errors.New("no update.trusted_keys: a new binary must be signed by one of them")
+	if len(trusted) == 0 {
+		return nil, errors.New("no update.trusted_keys: a new binary must be signed by one of them")
 	}
-	var v *sign.Verifier
-	if err == nil {
-		v, err = sign.NewVerifier(keys...)
-	}
+	v, err := sign.VerifierFromConfig(trusted)
 	if err != nil {
 		return nil, err
 	}

@@ -83,11 +83,7 @@ func verifierFrom(pubs []string) (*sign.Verifier, error) {
 			}
 		}
 	}
-	keys, err := sign.KeysFromConfig(entries)
-	if err != nil {
-		return nil, err
-	}
-	return sign.NewVerifier(keys...)
+	return sign.VerifierFromConfig(entries)
 }
 
 func cmdVerify(args []string, stdout, stderr io.Writer) error {

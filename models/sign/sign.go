@@ -229,6 +229,15 @@ func KeysFromConfig(lines []string) ([]PublicKey, error) {
 	return keys, nil
 }
 
+// VerifierFromConfig is NewVerifier over the keys of trusted_keys entries (KeysFromConfig).
+func VerifierFromConfig(entries []string) (*Verifier, error) {
+	keys, err := KeysFromConfig(entries)
+	if err != nil {
+		return nil, err
+	}
+	return NewVerifier(keys...)
+}
+
 // WritePrivateKey writes priv to path in minisign's secret key format, replacing the file
 // atomically with mode 0600. A non-empty password encrypts the key exactly as `minisign -G`
 // does (scrypt with libsodium's "sensitive" cost: about 1 GiB of memory and a few seconds);
