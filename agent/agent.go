@@ -584,6 +584,20 @@ func (a *Agent) Ready() bool {
 	return false
 }
 
+// FleetConnected reports whether a broker is configured and, if so, whether this process has
+// been online with it (a self-update confirms only then: a binary that cannot reach the fleet
+// is reverted while the fleet can still reach the previous one).
+func (a *Agent) FleetConnected() (configured, connected bool) {
+	if a.fleet == nil || a.fleet.link == nil {
+		return false, false
+	}
+	st := a.fleet.link.Stats()
+	if st.State == link.StateOfflineMode {
+		return false, false
+	}
+	return true, st.Connects > 0
+}
+
 // Event sends an event to the fleet (dropped without the fleet parts).
 func (a *Agent) Event(e result.Event) {
 	if a.fleet != nil {

@@ -44,11 +44,11 @@ func BinaryVerifier(trusted []string) (func(bin, sig []byte) (update.Signed, err
 		if err != nil {
 			return update.Signed{}, err
 		}
-		version, arch, err := sign.ParseBinary(r)
+		b, err := sign.ParseBinary(r)
 		if err != nil {
 			return update.Signed{}, fmt.Errorf("key %s: %w", r.KeyID, err)
 		}
-		return update.Signed{KeyID: r.KeyID, Version: version, Arch: arch}, nil
+		return update.Signed{KeyID: r.KeyID, Version: b.Version, Arch: b.Arch, Downgrade: b.Downgrade}, nil
 	}, nil
 }
 

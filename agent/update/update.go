@@ -10,8 +10,12 @@
 //	.<name>.new                the new binary while it is prepared (github.com/minio/selfupdate)
 //	.<name>.update.json        the pending update, until the new binary confirms it
 //	.<name>.update-result.json the outcome of the last update
+//	.<name>.update-floor.json  the version floor: the last confirmed version and the highest
+//	                           downgrade sequence taken (anti-rollback)
 //
-// Apply: read (bounded) → sha256 → minisign signature → selfupdate prepares .<name>.new →
+// Apply: read (bounded) → sha256 → minisign signature → architecture → version floor (a
+// version at or below the running one, or the last confirmed one, is refused unless signed as
+// a downgrade whose sequence is above every downgrade taken) → selfupdate prepares .<name>.new →
 // fsync → preflight (run it with "version" on this board) → pending file → hard-link the
 // running binary to <exe>.previous → rename .<name>.new over <exe>. Every step up to the
 // last rename leaves the old binary in place; the rename is atomic, so <exe> is always a
@@ -24,6 +28,11 @@
 // ready and Confirm; if it fails to start, exits with an error, never confirms, or crashes
 // MaxStarts times (a service manager restarts it), Revert puts <exe>.previous back and the
 // caller executes it.
+//
+// Guard is the same count made by the previous binary, which the service manager runs before
+// every start (ExecStartPre=-<exe>.previous guard): a new binary that exits at once, hangs
+// before it counts, or whose own Begin is broken is still reverted, because the revert does
+// not depend on any code of the new binary.
 //
 // Imports: the standard library, selfupdate and internal/durable only; signature checking
 // is injected (Options.Verify).
@@ -70,6 +79,7 @@ const preflightTimeout = 20 * time.Second
 const (
 	PendingSchema = "edge-agent/update-pending/v1"
 	ResultSchema  = "edge-agent/update-result/v1"
+	FloorSchema   = "edge-agent/update-floor/v1"
 )
 
 // Outcomes in Result.
@@ -100,6 +110,8 @@ type Signed struct {
 	KeyID   string
 	Version string // the version the binary must report (edge-agent VERSION)
 	Arch    string // GOARCH the binary was built for
+	// Downgrade is the downgrade sequence the signature names (0: an ordinary release).
+	Downgrade uint64
 }
 
 // elfMachines are the ELF machine types of the architectures edge-agent is built for.
@@ -136,7 +148,20 @@ type Pending struct {
 	FromVersion   string        `json:"from_version"`
 	Applied       time.Time     `json:"applied"`
 	ConfirmWithin time.Duration `json:"confirm_within"`
-	Starts        int           `json:"starts"`
+	Downgrade     uint64        `json:"downgrade,omitempty"`
+	// Starts counts the new binary's starts (Begin, in the new binary); GuardStarts those the
+	// service manager made (Guard, in the previous binary).
+	Starts      int `json:"starts"`
+	GuardStarts int `json:"guard_starts,omitempty"`
+}
+
+// Floor is the version floor: no update to a version at or below Version is taken unless it
+// is signed as a downgrade above DowngradeSeq.
+type Floor struct {
+	Schema       string    `json:"schema"`
+	Version      string    `json:"version"`
+	DowngradeSeq uint64    `json:"downgrade_seq"`
+	Updated      time.Time `json:"updated"`
 }
 
 // Result is the outcome of the last update.
@@ -159,7 +184,7 @@ func Executable() (string, error) {
 	return filepath.EvalSymlinks(exe)
 }
 
-type paths struct{ exe, previous, next, pending, result string }
+type paths struct{ exe, previous, next, pending, result, floor string }
 
 func pathsOf(exe string) paths {
 	dir, name := filepath.Dir(exe), filepath.Base(exe)
@@ -169,6 +194,7 @@ func pathsOf(exe string) paths {
 		next:     filepath.Join(dir, "."+name+".new"),
 		pending:  filepath.Join(dir, "."+name+".update.json"),
 		result:   filepath.Join(dir, "."+name+".update-result.json"),
+		floor:    filepath.Join(dir, "."+name+".update-floor.json"),
 	}
 }
 
@@ -210,6 +236,9 @@ func Apply(ctx context.Context, bin io.Reader, sig []byte, wantSHA256 string, op
 	if err := checkExecutable(data, signed); err != nil {
 		return Pending{}, fmt.Errorf("the new binary is refused: %w; nothing changed", err)
 	}
+	if err := checkFloor(p, opt.FromVersion, signed); err != nil {
+		return Pending{}, fmt.Errorf("the new binary is refused: %w; nothing changed", err)
+	}
 	if err := selfupdate.PrepareAndCheckBinary(bytes.NewReader(data), selfupdate.Options{
 		TargetPath: opt.Exe, TargetMode: 0o755, Checksum: sum[:], Hash: crypto.SHA256,
 	}); err != nil {
@@ -230,7 +259,7 @@ func Apply(ctx context.Context, bin io.Reader, sig []byte, wantSHA256 string, op
 		return Pending{}, fmt.Errorf("the new binary reports version %s but its signature is for %s: refused, nothing changed (sign the binary you send: edgectl sign --version %s)", version, signed.Version, version)
 	}
 	pend := Pending{Schema: PendingSchema, Version: version, SHA256: got, KeyID: signed.KeyID, FromVersion: opt.FromVersion,
-		Applied: time.Now().UTC(), ConfirmWithin: opt.ConfirmWithin}
+		Applied: time.Now().UTC(), ConfirmWithin: opt.ConfirmWithin, Downgrade: signed.Downgrade}
 	if err := writeJSON(p.pending, pend); err != nil {
 		os.Remove(p.next)
 		return Pending{}, err
@@ -257,6 +286,47 @@ func Apply(ctx context.Context, bin io.Reader, sig []byte, wantSHA256 string, op
 		return Pending{}, fmt.Errorf("install the new binary: %w; the running one is untouched", err)
 	}
 	return pend, durable.Sync(filepath.Dir(opt.Exe))
+}
+
+// ReadFloor returns exe's version floor (the zero Floor when no update was ever confirmed).
+func ReadFloor(exe string) (Floor, error) {
+	var f Floor
+	err := readJSON(pathsOf(exe).floor, &f)
+	if errors.Is(err, os.ErrNotExist) {
+		return Floor{}, nil
+	}
+	if err == nil && f.Schema != FloorSchema {
+		err = fmt.Errorf("schema %q, want %q", f.Schema, FloorSchema)
+	}
+	return f, err
+}
+
+// checkFloor refuses a binary whose version is not above both the running version and the
+// floor, unless it is signed as a downgrade above every downgrade taken. An unreadable floor
+// refuses every update (fail closed).
+func checkFloor(p paths, running string, signed Signed) error {
+	fl, err := ReadFloor(p.exe)
+	if err != nil {
+		return fmt.Errorf("the version floor %s cannot be read (%v), so no update is taken: if the file is damaged, remove it by hand (the running version is then the floor)", p.floor, err)
+	}
+	if signed.Downgrade > 0 {
+		if signed.Downgrade <= fl.DowngradeSeq {
+			return fmt.Errorf("it is signed as downgrade %d and this device already took downgrade %d: a downgrade is taken once (a replay is refused); sign a new one above %d (edgectl sign --downgrade N)",
+				signed.Downgrade, fl.DowngradeSeq, fl.DowngradeSeq)
+		}
+		return nil
+	}
+	nv, ok := parseVersion(signed.Version)
+	if !ok {
+		return fmt.Errorf("its version %q is not a release version (MAJOR.MINOR.PATCH), so it cannot be ordered against this device's: build it from a release tag, or sign it as a downgrade (edgectl sign --downgrade N)", signed.Version)
+	}
+	for _, floor := range []struct{ what, v string }{{"the version this device runs", running}, {"the last version this device confirmed", fl.Version}} {
+		if fv, ok := parseVersion(floor.v); ok && compareVersions(nv, fv) <= 0 {
+			return fmt.Errorf("version %s is not above %s (%s): a version at or below it is taken only when signed as a downgrade (edgectl sign --downgrade N, N above %d)",
+				signed.Version, floor.v, floor.what, fl.DowngradeSeq)
+		}
+	}
+	return nil
 }
 
 // preflight runs the binary with "version" and returns the version it prints.
@@ -316,8 +386,8 @@ func Begin(exe string) (*Trial, error) {
 	t := &Trial{p: p, Pending: pend}
 	pend.Starts++
 	t.Pending = pend
-	if pend.Starts > MaxStarts {
-		return nil, t.Revert(fmt.Sprintf("the new binary started %d times without becoming ready", pend.Starts-1))
+	if pend.Starts > MaxStarts || pend.GuardStarts > MaxStarts {
+		return nil, t.Revert(fmt.Sprintf("the new binary started %d times without becoming ready", max(pend.Starts, pend.GuardStarts)-1))
 	}
 	if err := writeJSON(p.pending, pend); err != nil {
 		return nil, err
@@ -330,8 +400,46 @@ func Begin(exe string) (*Trial, error) {
 	return t, nil
 }
 
-// Confirm records that the new binary is ready: the update is done.
+// Guard counts a start of exe by the service manager. It is run by the previous binary
+// before every start (the unit's ExecStartPre): with a pending update whose binary is in
+// place, it counts the start durably, and after MaxStarts unconfirmed ones it restores the
+// previous binary and returns a Result saying so. Without a pending update it does nothing.
+func Guard(exe string) (*Result, error) {
+	p := pathsOf(exe)
+	var pend Pending
+	if err := readJSON(p.pending, &pend); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("pending update %s unreadable (%v): the new binary's start settles it", p.pending, err)
+	}
+	if sum, err := fileSHA256(exe); err != nil || sum != pend.SHA256 {
+		return nil, nil // the update never took place; Begin removes the file
+	}
+	pend.GuardStarts++
+	t := &Trial{p: p, Pending: pend}
+	if pend.GuardStarts > MaxStarts {
+		reason := fmt.Sprintf("the new binary started %d times without becoming ready (counted by the previous binary before each start)", pend.GuardStarts-1)
+		if err := t.Revert(reason); !errors.Is(err, ErrReverted) {
+			return nil, err
+		}
+		r, _ := LastResult(exe)
+		return &r, nil
+	}
+	return nil, writeJSON(p.pending, pend)
+}
+
+// Confirm records that the new binary is ready: the update is done, and its version (and
+// downgrade sequence) becomes the floor.
 func (t *Trial) Confirm() error {
+	fl, err := ReadFloor(t.p.exe)
+	if err != nil {
+		fl = Floor{} // replaced whole below; the downgrade it held is lost only if it was unreadable
+	}
+	fl = Floor{Schema: FloorSchema, Version: t.Pending.Version, DowngradeSeq: max(fl.DowngradeSeq, t.Pending.Downgrade), Updated: time.Now().UTC()}
+	if err := writeJSON(t.p.floor, fl); err != nil {
+		return fmt.Errorf("record the version floor: %w", err)
+	}
 	r := Result{Schema: ResultSchema, Outcome: OutcomeConfirmed, Version: t.Pending.Version, FromVersion: t.Pending.FromVersion, At: time.Now().UTC()}
 	if err := writeJSON(t.p.result, r); err != nil {
 		return err

@@ -5,6 +5,7 @@
 //	edge-agent inspect [--json] MODEL
 //	edge-agent models install BUNDLE | list | rollback NAME [VERSION]
 //	edge-agent update --from URL|FILE [--sig URL|FILE] [--sha256 HEX]
+//	edge-agent guard [--exe FILE]
 //	edge-agent version
 //
 // It builds the agent from the config and leaves all wiring to package agent.
@@ -45,6 +46,8 @@ Usage:
                                         manage bundle-served model versions
   edge-agent update --from URL|FILE [--sig URL|FILE] [--sha256 HEX] [--config FILE]
                                         install a signed new agent binary (docs/operations.md)
+  edge-agent guard [--exe FILE]         count a start of an updated binary, restore the previous
+                                        one after repeated failures (the unit's ExecStartPre)
   edge-agent version                    print version, runtime and hardware
 
 Run "edge-agent COMMAND -h" for a command's flags.
@@ -71,6 +74,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdModels(args[1:], stdout, stderr)
 	case "update":
 		err = cmdUpdate(args[1:], stdout, stderr)
+	case "guard":
+		err = cmdGuard(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		err = cmdVersion(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
@@ -82,6 +87,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
+	}
+	if errors.Is(err, errRestart) {
+		fmt.Fprintf(stderr, "edge-agent: %v\n", err)
+		return restartExitCode
 	}
 	var ue usageError
 	if errors.As(err, &ue) {
@@ -107,6 +116,12 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return usageError{fmt.Errorf("unexpected arguments %v", fs.Args())}
 	}
+	switch testFault {
+	case "exit":
+		return errors.New("edge-agent built with testFault=exit (self-update tests only)")
+	case "wedge":
+		time.Sleep(1 << 62) // stuck before anything, as a deadlock in start-up would be
+	}
 	exe, exeErr := update.Executable()
 	trial, err := beginTrial(exe, exeErr, stderr)
 	if errors.Is(err, update.ErrReverted) {
@@ -131,6 +146,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		case errors.Is(err, agent.ErrReload):
 			continue
 		case errors.Is(err, agent.ErrExec):
+			if underServiceManager() {
+				return errRestart
+			}
 			return execSelf(exe)
 		}
 		return err
@@ -174,18 +192,31 @@ func runOnce(ctx context.Context, path, exe string, trial *update.Trial, stdout,
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		watch(runCtx, a, log, func() {
+		waiting := false
+		watch(runCtx, a, log, func() bool {
 			if trial == nil {
-				return
+				return true
+			}
+			if configured, connected := a.FleetConnected(); configured && !connected {
+				if !waiting {
+					waiting = true
+					log.Info("new binary ready; it confirms the update once it has reached the broker", "deadline", trial.Deadline)
+				}
+				return false
 			}
 			if err := trial.Confirm(); err != nil {
 				log.Error("confirm the update", "err", err)
 			}
 			confirmed.Store(true)
 			reportUpdate(a, exe, log)
+			return true
 		}, func(now time.Time) bool {
 			if trial != nil && !confirmed.Load() && now.After(trial.Deadline) {
-				cancel(fmt.Errorf("not ready within %v (update.confirm_within)", trial.Pending.ConfirmWithin))
+				reason := fmt.Sprintf("not ready within %v (update.confirm_within)", trial.Pending.ConfirmWithin)
+				if waiting {
+					reason = fmt.Sprintf("ready but not connected to the broker within %v (update.confirm_within)", trial.Pending.ConfirmWithin)
+				}
+				cancel(errors.New(reason))
 				return true
 			}
 			return false

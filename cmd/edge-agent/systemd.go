@@ -12,11 +12,13 @@ import (
 )
 
 // watch follows a running agent for the service manager and the self-update trial, until ctx
-// ends (cmdRun sends STOPPING=1 on the signal; a reload or an exec in place is not a stop): once the agent is ready it calls onReady and tells systemd READY=1 (Type=notify);
-// while the agent runs it sends WATCHDOG=1 every half WatchdogSec; late reports whether a
-// deadline passed before readiness (then watch returns). Without NOTIFY_SOCKET (not under
-// systemd) the notifications are no-ops.
-func watch(ctx context.Context, a *agent.Agent, log *slog.Logger, onReady func(), late func(time.Time) bool) {
+// ends (cmdRun sends STOPPING=1 on the signal; a reload or an exec in place is not a stop).
+// Once the agent is ready it tells systemd READY=1 (Type=notify), then calls confirm on every
+// tick until it returns true (a trial confirms only once the fleet is reached too); until
+// then, late reports whether the trial's deadline passed (then watch returns). While the agent
+// runs it sends WATCHDOG=1 every half WatchdogSec. Without NOTIFY_SOCKET (not under systemd)
+// the notifications are no-ops.
+func watch(ctx context.Context, a *agent.Agent, log *slog.Logger, confirm func() bool, late func(time.Time) bool) {
 	notify := func(state string) {
 		if _, err := daemon.SdNotify(false, state); err != nil {
 			log.Warn("systemd notification failed", "state", state, "err", err)
@@ -34,7 +36,7 @@ func watch(ctx context.Context, a *agent.Agent, log *slog.Logger, onReady func()
 		defer t.Stop()
 		pings = t.C
 	}
-	ready := false
+	ready, confirmed := false, false
 	for {
 		select {
 		case <-ctx.Done():
@@ -42,13 +44,15 @@ func watch(ctx context.Context, a *agent.Agent, log *slog.Logger, onReady func()
 		case <-pings:
 			notify("WATCHDOG=1")
 		case now := <-tick.C:
-			if ready {
+			if confirmed {
 				continue
 			}
-			if testFault != "hang" && a.Ready() {
+			if !ready && testFault != "hang" && a.Ready() {
 				ready = true
-				onReady()
 				notify(fmt.Sprintf("READY=1\nSTATUS=serving (edge-agent %s)", agent.Version))
+			}
+			if ready && confirm() {
+				confirmed = true
 				continue
 			}
 			if late(now) {

@@ -37,6 +37,8 @@ func TestUnitFileVerifies(t *testing.T) {
 		"PrivateTmp=yes", "User=edge-agent", "SupplementaryGroups=video plugdev",
 		"ReadWritePaths=/var/lib/edge-agent /opt/edge-agent/bin",
 		"ExecStart=/opt/edge-agent/bin/edge-agent run --config /etc/edge-agent/config.yaml",
+		"ExecStartPre=-/opt/edge-agent/bin/edge-agent.previous guard --exe /opt/edge-agent/bin/edge-agent",
+		"RestartForceExitStatus=75",
 	} {
 		if !strings.Contains(text, "\n"+want) {
 			t.Errorf("the unit has no line starting %q", want)
@@ -45,6 +47,7 @@ func TestUnitFileVerifies(t *testing.T) {
 	bin := buildAgent(t)
 	dir := t.TempDir()
 	copyPath := filepath.Join(dir, "edge-agent.service")
+	text = strings.ReplaceAll(text, "/opt/edge-agent/bin/edge-agent.previous ", bin+" ")
 	os.WriteFile(copyPath, []byte(strings.ReplaceAll(text, "/opt/edge-agent/bin/edge-agent ", bin+" ")), 0o644)
 	out, err := exec.Command(tool, "verify", copyPath).CombinedOutput()
 	if err != nil || len(strings.TrimSpace(string(out))) > 0 {

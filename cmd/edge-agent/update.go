@@ -19,9 +19,53 @@ import (
 	"github.com/edge-agent/edge-agent/agent/update"
 )
 
-// testFault is set only by the self-update tests (-ldflags -X main.testFault=crash|hang) to
-// build a new binary that crashes on start or never confirms. Release builds leave it empty.
+// testFault is set only by the self-update tests (-ldflags -X main.testFault=F) to build a
+// new binary that fails in one way: crash (panics once the agent is built), hang (runs, never
+// ready), exit (run fails before anything) or wedge (run blocks before anything). Release
+// builds leave it empty.
 var testFault string
+
+// restartExitCode is what `edge-agent run` exits with after a selfupdate command installed a
+// new binary under a service manager; the unit restarts on it (RestartForceExitStatus), so the
+// new binary's start goes through the previous binary's guard and the start timeout.
+const restartExitCode = 75
+
+var errRestart = errors.New("a new binary is installed: exiting so that the service manager starts it (exit status 75)")
+
+// underServiceManager reports whether systemd started this process (it sets INVOCATION_ID
+// for every service it runs).
+func underServiceManager() bool { return os.Getenv("INVOCATION_ID") != "" }
+
+// cmdGuard: edge-agent guard [--exe FILE]. The unit runs it from the previous binary before
+// every start (ExecStartPre=-/opt/edge-agent/bin/edge-agent.previous guard): it counts the
+// start of a pending update and restores the previous binary after update.MaxStarts starts
+// that did not confirm. It exits 0 when there is nothing to do.
+func cmdGuard(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("guard", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	exe := fs.String("exe", "", "the binary the service runs (default: this binary's path without .previous)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected arguments %v", fs.Args())}
+	}
+	if *exe == "" {
+		self, err := update.Executable()
+		if err != nil {
+			return fmt.Errorf("find this binary: %w (give --exe)", err)
+		}
+		*exe = strings.TrimSuffix(self, ".previous")
+	}
+	r, err := update.Guard(*exe)
+	if err != nil {
+		return err
+	}
+	if r != nil {
+		fmt.Fprintf(stderr, "edge-agent guard: update to %s rolled back (%s): %s is the previous binary again\n", r.Version, r.Reason, *exe)
+	}
+	return nil
+}
 
 // beginTrial counts this start of a pending update's new binary (agent/update.Begin).
 func beginTrial(exe string, exeErr error, stderr io.Writer) (*update.Trial, error) {

@@ -130,7 +130,7 @@ models:
 }
 
 // service runs exe as systemd would with Restart=on-failure (at most restarts times): the
-// test's stand-in for the service manager, which this machine does not run.
+// test's stand-in for the service manager, which this machine does not run as PID 1.
 type service struct {
 	logs   *testenv.LockedBuffer
 	starts chan int // process ids, one per start
@@ -138,15 +138,45 @@ type service struct {
 	done   chan struct{}
 }
 
+// unit says how the stand-in runs the agent.
+type unit struct {
+	restarts int
+	// systemd: as systemd runs systemd/edge-agent.service: ExecStartPre=-EXE.previous guard
+	// --exe EXE before every start, INVOCATION_ID and NOTIFY_SOCKET set, a start that sends
+	// no READY=1 within startTimeout stopped (SIGTERM, as TimeoutStartSec) and restarted,
+	// exit status 75 restarted (RestartForceExitStatus). The watchdog is not imitated.
+	systemd      bool
+	startTimeout time.Duration
+}
+
 func startService(t *testing.T, exe, cfg string, restarts int) *service {
+	return startUnit(t, exe, cfg, unit{restarts: restarts})
+}
+
+func startUnit(t *testing.T, exe, cfg string, u unit) *service {
 	t.Helper()
-	s := &service{logs: &testenv.LockedBuffer{}, starts: make(chan int, restarts+1), done: make(chan struct{})}
+	s := &service{logs: &testenv.LockedBuffer{}, starts: make(chan int, u.restarts+1), done: make(chan struct{})}
+	var notify *notifySocket
+	if u.systemd {
+		notify = listenNotify(t)
+	}
 	stop := make(chan struct{})
 	go func() {
 		defer close(s.done)
-		for i := 0; i <= restarts; i++ {
+		for i := 0; i <= u.restarts; i++ {
+			if u.systemd {
+				if _, err := os.Stat(exe + ".previous"); err == nil {
+					out, err := exec.Command(exe+".previous", "guard", "--exe", exe).CombinedOutput()
+					fmt.Fprintf(s.logs, "service manager: ExecStartPre guard: %v %s\n", err, out)
+				}
+			}
 			cmd := exec.Command(exe, "run", "--config", cfg)
 			cmd.Stderr = s.logs
+			readyBefore := 0
+			if u.systemd {
+				cmd.Env = append(os.Environ(), "INVOCATION_ID=stand-in", "NOTIFY_SOCKET="+notify.path)
+				readyBefore = notify.count("READY=1")
+			}
 			if err := cmd.Start(); err != nil {
 				t.Errorf("start %s: %v", exe, err)
 				return
@@ -155,16 +185,41 @@ func startService(t *testing.T, exe, cfg string, restarts int) *service {
 			s.starts <- cmd.Process.Pid
 			exited := make(chan error, 1)
 			go func() { exited <- cmd.Wait() }()
-			select {
-			case err := <-exited:
-				if err == nil {
+			var timeout <-chan time.Time
+			if u.systemd && u.startTimeout > 0 {
+				timer := time.NewTimer(u.startTimeout)
+				defer timer.Stop()
+				timeout = timer.C
+			}
+			var ready <-chan time.Time
+			if u.systemd {
+				poll := time.NewTicker(50 * time.Millisecond)
+				defer poll.Stop()
+				ready = poll.C
+			}
+		wait:
+			for {
+				select {
+				case err := <-exited:
+					if err == nil {
+						return
+					}
+					fmt.Fprintf(s.logs, "service manager: exited (%v); restarting\n", err)
+					break wait
+				case <-ready:
+					if notify.count("READY=1") > readyBefore {
+						timeout, ready = nil, nil // started: the start timeout no longer applies
+					}
+				case <-timeout:
+					fmt.Fprintf(s.logs, "service manager: no READY=1 within %v; stopping it\n", u.startTimeout)
+					cmd.Process.Signal(syscall.SIGTERM)
+					<-exited
+					break wait
+				case <-stop:
+					cmd.Process.Signal(syscall.SIGTERM)
+					<-exited
 					return
 				}
-				fmt.Fprintf(s.logs, "service manager: exited (%v); restarting\n", err)
-			case <-stop:
-				cmd.Process.Signal(syscall.SIGTERM)
-				<-exited
-				return
 			}
 		}
 	}()
@@ -457,3 +512,192 @@ func TestSelfUpdateSurvivesSIGKILLDuringApply(t *testing.T) {
 		t.Errorf("versions seen %v", seen)
 	}
 }
+
+// rolledBack waits until the binary in place is 1.0.0 again with a rolled-back result whose
+// reason mentions why, and returns the result.
+func rolledBack(t *testing.T, exe, why string, within time.Duration) update.Result {
+	t.Helper()
+	var res update.Result
+	mqtttest.WaitFor(t, within, "the update rolled back ("+why+")", func() bool {
+		var ok bool
+		res, ok = update.LastResult(exe)
+		return ok && res.Outcome == update.OutcomeRolledBack
+	})
+	if !strings.Contains(res.Reason, why) {
+		t.Errorf("rolled back for %q; want the reason to mention %q", res.Reason, why)
+	}
+	if v := versionOf(t, exe); v != "1.0.0" {
+		t.Errorf("binary in place is %s; want 1.0.0 restored", v)
+	}
+	return res
+}
+
+// Under the service manager (the unit's way: guard before each start, exit 75 after a
+// selfupdate command) a new binary that exits at once, before any of its own update code
+// runs, is reverted by the previous binary's guard: 1.0.0 restarts into 2.0.0, which exits
+// twice, and the third start's guard restores 1.0.0, which becomes ready again.
+func TestSelfUpdateGuardRevertsABinaryThatExitsAtOnce(t *testing.T) {
+	k := newUpdateKit(t)
+	exe := install(t, k.build(t, "1.0.0", ""))
+	bad := k.build(t, "2.0.0", "exit")
+	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{})
+	statuses := mqtttest.NewConsumer(t, broker.URL, "edge/+/status", "edge/+/events")
+	con := newCfgConsole(t, broker.URL, "up-6")
+	files := http.NewServeMux()
+	files.HandleFunc("/v2", func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, bad) })
+	files.HandleFunc("/v2.minisig", func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, bad+".minisig") })
+	srv := httptest.NewServer(files)
+	defer srv.Close()
+
+	svc := startUnit(t, exe, k.config(t, "up-6", broker.URL, con.line()), unit{restarts: 6, systemd: true, startTimeout: testenv.Patience(30 * time.Second)})
+	mqtttest.WaitFor(t, 20*time.Second, "1.0.0 online", func() bool {
+		return strings.Contains(string(statuses.Status("up-6")), `"state":"online"`)
+	})
+	r := con.run("up-6", "exit", "selfupdate", fmt.Sprintf(`{"url":%q,"sha256":%q}`, srv.URL+"/v2", sha256File(t, bad)))
+	if res, _ := r["result"].(map[string]any); r["status"] != "done" || res["restarting"] != true {
+		t.Fatalf("selfupdate: %v", r)
+	}
+	rolledBack(t, exe, "counted by the previous binary", 60*time.Second)
+	mqtttest.WaitFor(t, 30*time.Second, "an update.rolled-back event from 1.0.0", func() bool {
+		for _, e := range statuses.Records("events", "up-6") {
+			if strings.Contains(string(e), `"type":"update.rolled-back"`) {
+				return true
+			}
+		}
+		return false
+	})
+	// 1.0.0, then 2.0.0 twice (exit status 75 restarts it, then each failure), then 1.0.0.
+	if n := svc.startCount(); n != 1+update.MaxStarts+1 {
+		t.Errorf("started %d times; want %d", n, 1+update.MaxStarts+1)
+	}
+	logs := svc.logs.String()
+	if strings.Count(logs, "testFault=exit") != update.MaxStarts || !strings.Contains(logs, "exit status 75") {
+		t.Errorf("want the agent to exit 75 after the selfupdate and the new binary to exit at once %d times:\n%s", update.MaxStarts, logs)
+	}
+}
+
+// A new binary stuck in start-up (no READY=1, none of its own code running) is stopped at the
+// start timeout, and the guard reverts it after MaxStarts such starts.
+func TestSelfUpdateGuardRevertsAWedgedBinary(t *testing.T) {
+	k := newUpdateKit(t)
+	exe := install(t, k.build(t, "1.0.0", ""))
+	wedged := k.build(t, "2.0.0", "wedge")
+	cfg := k.config(t, "up-7", "", "")
+	if out, err := exec.Command(exe, "update", "--from", wedged, "--config", cfg).CombinedOutput(); err != nil {
+		t.Fatalf("update: %v\n%s", err, out)
+	}
+	svc := startUnit(t, exe, cfg, unit{restarts: 4, systemd: true, startTimeout: testenv.Patience(3 * time.Second)})
+	rolledBack(t, exe, "counted by the previous binary", 60*time.Second)
+	mqtttest.WaitFor(t, 30*time.Second, "1.0.0 serving after the restore", func() bool {
+		l := svc.logs.String()
+		i := strings.LastIndex(l, "edge-agent starting")
+		return i >= 0 && strings.Contains(l[i:], "version=1.0.0")
+	})
+	if n := strings.Count(svc.logs.String(), "no READY=1 within"); n != update.MaxStarts {
+		t.Errorf("the start timeout stopped the new binary %d times; want %d", n, update.MaxStarts)
+	}
+}
+
+// A new binary that is ready but never reaches the configured broker does not confirm: at
+// update.confirm_within the previous binary comes back.
+func TestSelfUpdateConfirmsOnlyWithTheFleet(t *testing.T) {
+	k := newUpdateKit(t)
+	exe := install(t, k.build(t, "1.0.0", ""))
+	v2 := k.build(t, "2.0.0", "")
+	nobody := fmt.Sprintf("tcp://127.0.0.1:%d", testenv.FreePort(t)) // nothing listens there
+	cfg := k.config(t, "up-8", nobody, "update: {confirm_within: 5s}\n")
+	if out, err := exec.Command(exe, "update", "--from", v2, "--config", cfg).CombinedOutput(); err != nil {
+		t.Fatalf("update: %v\n%s", err, out)
+	}
+	svc := startService(t, exe, cfg, 0)
+	rolledBack(t, exe, "not connected to the broker", 60*time.Second)
+	if !strings.Contains(svc.logs.String(), "it confirms the update once it has reached the broker") {
+		t.Errorf("the new binary did not say it waits for the broker:\n%s", svc.logs)
+	}
+	if fl, err := update.ReadFloor(exe); err != nil || fl.Version != "" {
+		t.Errorf("floor %+v, %v after a reverted update; want none", fl, err)
+	}
+}
+
+// The version floor: a binary at or below the running version, or below the last confirmed
+// one, is refused unless signed as a downgrade; a downgrade is taken once (a replay is
+// refused); an unreadable floor refuses everything.
+func TestSelfUpdateVersionFloor(t *testing.T) {
+	k := newUpdateKit(t)
+	v1 := k.build(t, "1.0.0", "")
+	v2 := k.build(t, "2.0.0", "")
+	exe := install(t, v2)
+	cfg := k.config(t, "up-9", "", "")
+	dir := t.TempDir()
+	resigned := func(name, src, comment string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, must(os.ReadFile(src)), 0o755)
+		k.sign(t, p, comment)
+		return p
+	}
+	down1 := resigned("down-1", v1, sign.DowngradeComment("1.0.0", runtime.GOARCH, 1))
+	update := func(from string) (string, error) {
+		out, err := exec.Command(exe, "update", "--config", cfg, "--from", from).CombinedOutput()
+		return string(out), err
+	}
+	refused := func(what, from, why string) {
+		t.Helper()
+		before := sha256File(t, exe)
+		out, err := update(from)
+		if err == nil || !strings.Contains(out, why) {
+			t.Errorf("%s: %v %s; want refused mentioning %q", what, err, out, why)
+		}
+		if sha256File(t, exe) != before {
+			t.Fatalf("%s: the binary changed", what)
+		}
+	}
+	confirm := func() {
+		t.Helper()
+		run := exec.Command(exe, "run", "--config", cfg)
+		logs := &testenv.LockedBuffer{}
+		run.Stderr = logs
+		if err := run.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { run.Process.Signal(syscall.SIGTERM); run.Wait() }()
+		mqtttest.WaitFor(t, 30*time.Second, "the update confirmed", func() bool {
+			_, err := os.Stat(filepath.Join(filepath.Dir(exe), ".edge-agent.update.json"))
+			return os.IsNotExist(err) && strings.Contains(logs.String(), "outcome=confirmed")
+		})
+	}
+	refused("older release", v1, "version 1.0.0 is not above 2.0.0 (the version this device runs)")
+	refused("same release", v2, "version 2.0.0 is not above 2.0.0")
+	refused("a build with no release version", resigned("dev", v2, sign.BinaryComment("4e6fc0e", runtime.GOARCH)), `"4e6fc0e" is not a release version`)
+
+	if out, err := update(down1); err != nil {
+		t.Fatalf("a signed downgrade was refused: %v\n%s", err, out)
+	}
+	confirm()
+	if v := versionOf(t, exe); v != "1.0.0" {
+		t.Fatalf("after the downgrade the binary is %s", v)
+	}
+	if fl, err := updateFloor(exe); err != nil || fl.Version != "1.0.0" || fl.DowngradeSeq != 1 {
+		t.Fatalf("floor after the downgrade: %+v, %v", fl, err)
+	}
+	refused("the same downgrade replayed", down1, "already took downgrade 1")
+
+	// Upgrades go on from the downgraded version.
+	if out, err := update(v2); err != nil {
+		t.Fatalf("an upgrade after the downgrade was refused: %v\n%s", err, out)
+	}
+	confirm()
+	refused("the old release after the upgrade", v1, "not above 2.0.0")
+	refused("the old downgrade after the upgrade", down1, "already took downgrade 1")
+	down2 := resigned("down-2", v1, sign.DowngradeComment("1.0.0", runtime.GOARCH, 2))
+
+	floor := filepath.Join(filepath.Dir(exe), ".edge-agent.update-floor.json")
+	good := must(os.ReadFile(floor))
+	os.WriteFile(floor, []byte("{not json"), 0o644)
+	refused("any binary with a damaged floor", down2, "the version floor")
+	os.WriteFile(floor, good, 0o644)
+	if out, err := update(down2); err != nil {
+		t.Fatalf("a new downgrade was refused: %v\n%s", err, out)
+	}
+}
+
+func updateFloor(exe string) (update.Floor, error) { return update.ReadFloor(exe) }

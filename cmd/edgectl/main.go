@@ -32,8 +32,10 @@ Usage:
   edgectl bundle sign --key K [--password-file F] BUNDLE  (re)sign a bundle's manifest in place
   edgectl bundle verify --pub P [--pub P2] BUNDLE         check signature, every file's sha256 and the manifest
   edgectl bundle inspect [--json] [--pub P] BUNDLE        show the manifest
-  edgectl sign --key K [--password-file F] [--version V] FILE   FILE.minisig: sign an agent binary (ELF only;
-                                               the signature names its version and architecture)
+  edgectl sign --key K [--password-file F] [--version V] [--downgrade N] FILE
+                                               FILE.minisig: sign an agent binary (ELF only; the
+                                               signature names its version and architecture, and
+                                               with --downgrade N allows it below a device's version)
   edgectl version
 
 Fleet commands (MQTT; docs/mqtt.md):

@@ -20,7 +20,7 @@ import (
 // maxSignedFile bounds a file edgectl signs (an agent binary).
 const maxSignedFile = 256 << 20
 
-// cmdSignFile: edgectl sign --key K [--password-file F] [--version V] FILE → FILE.minisig, a
+// cmdSignFile: edgectl sign --key K [--password-file F] [--version V] [--downgrade N] FILE → FILE.minisig, a
 // minisign signature of an agent binary (edge-agent update and selfupdate) whose trusted
 // comment names its purpose, version and architecture ("edge-agent binary VERSION ARCH"). The
 // architecture comes from the ELF header, the version from --version or from the version the
@@ -31,6 +31,7 @@ func cmdSignFile(args []string, stdout, stderr io.Writer) error {
 	keyPath := fs.String("key", "", "secret key (required): the fleet's update key")
 	pwFile := fs.String("password-file", "", "password of the secret key")
 	version := fs.String("version", "", "the version the binary reports (default: the one it was built with)")
+	downgrade := fs.Uint64("downgrade", 0, "sign as downgrade N: devices running a higher version take it, once; N must be above every downgrade they took")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -67,14 +68,18 @@ func cmdSignFile(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	sig, err := sign.Sign(priv, data, sign.BinaryComment(*version, arch))
+	comment := sign.BinaryComment(*version, arch)
+	if *downgrade > 0 {
+		comment = sign.DowngradeComment(*version, arch, *downgrade)
+	}
+	sig, err := sign.Sign(priv, data, comment)
 	if err != nil {
 		return err
 	}
 	if err := os.WriteFile(path+".minisig", sig, 0o644); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "wrote %s (key %s): edge-agent binary %s for %s\n", path+".minisig", priv.ID(), *version, arch)
+	fmt.Fprintf(stdout, "wrote %s (key %s): %s\n", path+".minisig", priv.ID(), comment)
 	return nil
 }
 

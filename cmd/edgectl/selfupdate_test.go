@@ -38,6 +38,10 @@ func TestSignFileVerifiesWithMinisign(t *testing.T) {
 	if want := "Trusted comment: edge-agent binary 2.0.0 " + runtime.GOARCH; !strings.Contains(vout, want) {
 		t.Errorf("minisign -V output %q; want %q", vout, want)
 	}
+	mustRun(t, "sign", "--key", prefix+".key", "--version", "2.0.0", "--downgrade", "7", bin)
+	if code, vout := minisign(t, dir, "-Vm", bin, "-p", prefix+".pub"); code != 0 || !strings.Contains(vout, "Trusted comment: edge-agent binary 2.0.0 "+runtime.GOARCH+" downgrade 7") {
+		t.Errorf("minisign -V of a downgrade signature: exit %d, %q", code, vout)
+	}
 	f, _ := os.OpenFile(bin, os.O_APPEND|os.O_WRONLY, 0)
 	f.WriteString("one more byte")
 	f.Close()

@@ -8,6 +8,10 @@ package sign
 //	edge-agent command                    a fleet command envelope
 //	edge-agent bundle NAME SEQUENCE       the manifest of release SEQUENCE of model NAME
 //	edge-agent binary VERSION ARCH        an edge-agent executable of VERSION for GOARCH ARCH
+//	edge-agent binary VERSION ARCH downgrade SEQ
+//	                                      the same, signed to replace a higher version: the
+//	                                      device takes it once, if SEQ is above every
+//	                                      downgrade it took before (agent/update's floor)
 
 import (
 	"errors"
@@ -38,6 +42,21 @@ func BinaryComment(version, arch string) string {
 	return binaryPrefix + version + " " + arch
 }
 
+// DowngradeComment is the trusted comment of an agent binary signed as downgrade seq: one a
+// device installs even though it runs (or ran) a higher version.
+func DowngradeComment(version, arch string, seq uint64) string {
+	return BinaryComment(version, arch) + " downgrade " + strconv.FormatUint(seq, 10)
+}
+
+// Binary is what an agent binary's signature vouches for.
+type Binary struct {
+	Version string
+	Arch    string
+	// Downgrade is the downgrade sequence (0: an ordinary release, which must be above the
+	// device's version floor).
+	Downgrade uint64
+}
+
 // CheckCommand reports whether r is a command signature.
 func CheckCommand(r Result) error {
 	if r.TrustedComment != CommandComment {
@@ -64,15 +83,22 @@ func CheckBundle(r Result, name string, seq uint64) error {
 		ErrWrongPurpose, r.TrustedComment, want)
 }
 
-// ParseBinary returns the version and architecture an agent binary signature names.
-func ParseBinary(r Result) (version, arch string, err error) {
+// ParseBinary returns what an agent binary signature vouches for.
+func ParseBinary(r Result) (Binary, error) {
 	rest, ok := strings.CutPrefix(r.TrustedComment, binaryPrefix)
 	f := strings.Fields(rest)
-	if !ok || len(f) != 2 || rest != f[0]+" "+f[1] {
-		return "", "", fmt.Errorf("%w: the signature's trusted comment is %q, an agent binary's is %q (sign binaries with edgectl sign --key BINARY_KEY FILE)",
-			ErrWrongPurpose, r.TrustedComment, BinaryComment("VERSION", "ARCH"))
+	if ok && strings.Join(f, " ") == rest {
+		switch len(f) {
+		case 2:
+			return Binary{Version: f[0], Arch: f[1]}, nil
+		case 4:
+			if seq, err := strconv.ParseUint(f[3], 10, 64); err == nil && f[2] == "downgrade" && seq > 0 {
+				return Binary{Version: f[0], Arch: f[1], Downgrade: seq}, nil
+			}
+		}
 	}
-	return f[0], f[1], nil
+	return Binary{}, fmt.Errorf("%w: the signature's trusted comment is %q, an agent binary's is %q or %q (sign binaries with edgectl sign --key BINARY_KEY FILE)",
+		ErrWrongPurpose, r.TrustedComment, BinaryComment("VERSION", "ARCH"), DowngradeComment("VERSION", "ARCH", 1))
 }
 
 // VerifyCommand checks that sig is a command signature (CheckCommand) of msg by a trusted key.

@@ -63,14 +63,17 @@ func TestPurposes(t *testing.T) {
 		}
 	}
 
-	ver, arch, err := ParseBinary(bin)
-	if err != nil || ver != "1.4.0" || arch != "arm64" {
-		t.Errorf("ParseBinary = %q, %q, %v; want 1.4.0, arm64", ver, arch, err)
+	if b, err := ParseBinary(bin); err != nil || b != (Binary{Version: "1.4.0", Arch: "arm64"}) {
+		t.Errorf("ParseBinary = %+v, %v; want 1.4.0, arm64", b, err)
+	}
+	if b, err := ParseBinary(signed("edge-agent binary 1.3.0 arm64 downgrade 12")); err != nil || b != (Binary{Version: "1.3.0", Arch: "arm64", Downgrade: 12}) {
+		t.Errorf("ParseBinary(downgrade) = %+v, %v; want 1.3.0, arm64, downgrade 12", b, err)
 	}
 	for name, r := range map[string]Result{"command": cmd, "bundle": bun, "file": file,
 		"three words": signed("edge-agent binary 1.4.0 arm64 extra"), "one word": signed("edge-agent binary 1.4.0"),
-		"double space": signed("edge-agent binary 1.4.0  arm64")} {
-		if _, _, err := ParseBinary(r); !errors.Is(err, ErrWrongPurpose) {
+		"double space": signed("edge-agent binary 1.4.0  arm64"), "downgrade 0": signed("edge-agent binary 1.4.0 arm64 downgrade 0"),
+		"downgrade word": signed("edge-agent binary 1.4.0 arm64 downgrade x"), "not downgrade": signed("edge-agent binary 1.4.0 arm64 upgrade 3")} {
+		if _, err := ParseBinary(r); !errors.Is(err, ErrWrongPurpose) {
 			t.Errorf("ParseBinary(%s signature %q) = %v; want ErrWrongPurpose", name, r.TrustedComment, err)
 		}
 	}
@@ -79,5 +82,8 @@ func TestPurposes(t *testing.T) {
 	}
 	if got := BinaryComment("1.4.0", "arm64"); got != "edge-agent binary 1.4.0 arm64" {
 		t.Errorf("BinaryComment = %q", got)
+	}
+	if got := DowngradeComment("1.3.0", "arm64", 12); got != "edge-agent binary 1.3.0 arm64 downgrade 12" {
+		t.Errorf("DowngradeComment = %q", got)
 	}
 }
