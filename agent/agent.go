@@ -106,6 +106,8 @@ type Agent struct {
 	drift  *driftMonitor // nil when drift monitoring is off
 	// downloading holds a token while a deploy command downloads a bundle.
 	downloading chan struct{}
+	// allowed is deploy.allowed_urls: where commands may make the device download from.
+	allowed deploy.AllowList
 }
 
 // New builds the agent from a validated config. It fails only for configuration errors (a
@@ -137,6 +139,11 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 		models:      map[string]infer.Model{},
 		every:       opt.HealthEvery,
 	}
+	allowed, err := deploy.ParseAllowList(cfg.Deploy.AllowedURLs)
+	if err != nil {
+		return nil, fmt.Errorf("deploy.allowed_urls: %w", err)
+	}
+	a.allowed = allowed
 	if a.every <= 0 {
 		a.every = 2 * time.Second
 	}

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -190,8 +191,8 @@ func (a *Agent) commandHandlers() map[string]command.Handler {
 			if path, release, err = a.receivePush(ctx, c.ID, *args.Push, progress); err == nil {
 				defer release() // after the install: the files go, whatever its outcome
 			}
-		} else {
-			path, err = a.downloadBundle(ctx, args.URL, args.SHA256, progress)
+		} else if path, err = a.downloadBundle(ctx, args.URL, args.SHA256, progress); err == nil {
+			defer os.Remove(path) // installed or refused, the download has served
 		}
 		if err != nil {
 			return nil, err

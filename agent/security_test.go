@@ -3,11 +3,15 @@
 package agent_test
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -339,4 +343,68 @@ models:
 	if c, ok := r.a.Health().Get("security/cleartext-password"); !ok || !strings.Contains(c.Message, "ssl://") {
 		t.Errorf("health security/cleartext-password = %+v, %v; want a warning naming ssl://", c, ok)
 	}
+}
+
+// Deploy by URL downloads only from deploy.allowed_urls: a bundle on another server is
+// refused before any request is made, and an installed download leaves nothing behind.
+func TestDeployByURLStaysInsideTheAllowList(t *testing.T) {
+	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{})
+	con := newConsole(t, broker.URL)
+	f := bundletest.NewFleet(t)
+	v1 := f.Pack(t, bundletest.Opt{Version: "1.0.0", Seq: 1})
+	serve := func() (*httptest.Server, *atomic.Int32) {
+		var hits atomic.Int32
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			hits.Add(1)
+			http.ServeFile(w, r, v1)
+		}))
+		t.Cleanup(srv.Close)
+		return srv, &hits
+	}
+	fleet, _ := serve()
+	other, otherHits := serve()
+	state := t.TempDir()
+	r := start(t, fmt.Sprintf(`
+device: dl-1
+state_dir: %s
+bundles: {trusted_keys: [%s]}
+%s
+deploy: {allowed_urls: [%q]}
+mqtt: {broker: %s, backoff_min: 50ms, backoff_max: 200ms}
+sources:
+  - {name: sweep, kind: synthetic, rate: 100, synthetic: {wave: sine, phase: true, offset: -3.14159}}
+models:
+  - {name: sin, sources: [sweep]}
+`, state, f.Pub.String(), con.keys(), fleet.URL+"/bundles", broker.URL))
+	mqtttest.WaitFor(t, 20*time.Second, "the agent online", func() bool {
+		return strings.Contains(fmt.Sprint(r.a.FleetStats()["mqtt"]), "online")
+	})
+	sum := fileSum(t, v1)
+	for id, u := range map[string]string{"other-server": other.URL + "/bundles/sin.bundle", "other-path": fleet.URL + "/admin/sin.bundle",
+		"traversal": fleet.URL + "/bundles/../admin/sin.bundle"} {
+		con.send("edge/dl-1/cmd", con.cmd(id, "deploy", fmt.Sprintf(`{"url":%q,"sha256":%q}`, u, sum)))
+		if status, reason := lastReply(con, id); status != "failed" || !strings.Contains(reason, "not under deploy.allowed_urls") {
+			t.Errorf("%s: %s %q; want failed naming deploy.allowed_urls", id, status, reason)
+		}
+	}
+	if n := otherHits.Load(); n != 0 {
+		t.Errorf("the server outside the list got %d requests", n)
+	}
+	con.send("edge/dl-1/cmd", con.cmd("good", "deploy", fmt.Sprintf(`{"url":%q,"sha256":%q}`, fleet.URL+"/bundles/sin.bundle", sum)))
+	if status, reason := lastReply(con, "good"); status != "done" {
+		t.Fatalf("deploy from the allowed server: %s %s", status, reason)
+	}
+	if left, _ := filepath.Glob(filepath.Join(state, "downloads", "*")); len(left) != 0 {
+		t.Errorf("the installed download is still there: %v", left)
+	}
+}
+
+func fileSum(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
 }

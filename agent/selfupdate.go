@@ -72,7 +72,7 @@ func (a *Agent) selfupdateHandler(h map[string]command.Handler) {
 		if args.SigURL == "" {
 			args.SigURL = args.URL + ".minisig"
 		}
-		sig, err := fetchSmall(ctx, args.SigURL, maxSigBytes)
+		sig, err := a.fetchSmall(ctx, args.SigURL, maxSigBytes)
 		if err != nil {
 			return nil, fmt.Errorf("signature: %w", err)
 		}
@@ -101,16 +101,20 @@ func (a *Agent) selfupdateHandler(h map[string]command.Handler) {
 	}
 }
 
-// fetchSmall GETs a small file (a signature) whole.
-func fetchSmall(ctx context.Context, url string, limit int64) ([]byte, error) {
+// fetchSmall GETs a small file (a signature) whole, from an allowed URL.
+func (a *Agent) fetchSmall(ctx context.Context, url string, limit int64) ([]byte, error) {
+	if err := a.allowed.Check(url); err != nil {
+		return nil, err
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
 	}
-	client := &http.Client{Timeout: time.Minute}
-	resp, err := client.Do(req)
+	resp, err := a.allowed.Client(&http.Client{Timeout: time.Minute}).Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("get %s: %w", url, err)
+		fe := &deploy.FetchError{URL: url, Detail: err}
+		a.log.Warn("download failed", "url", url, "err", err)
+		return nil, fe
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -126,8 +130,14 @@ func fetchSmall(ctx context.Context, url string, limit int64) ([]byte, error) {
 	return b, nil
 }
 
-// downloadFile is downloadBundle for any file: one download at a time, resumable, capped.
+// downloadFile is downloadBundle for any file: from an allowed URL, one download at a time,
+// resumable, capped by the kind's limit and deploy.download_budget. The caller removes the
+// file when it is done with it.
 func (a *Agent) downloadFile(ctx context.Context, url, sum string, maxBytes int64, progress command.Progress) (string, error) {
+	if err := a.allowed.Check(url); err != nil {
+		return "", err
+	}
+	maxBytes = min(maxBytes, int64(a.cfg.Deploy.DownloadBudget))
 	select {
 	case a.downloading <- struct{}{}:
 	default:
@@ -139,12 +149,16 @@ func (a *Agent) downloadFile(ctx context.Context, url, sum string, maxBytes int6
 		}
 	}
 	defer func() { <-a.downloading }()
-	client := &http.Client{Timeout: 30 * time.Minute}
-	return deploy.Download(ctx, client, url, strings.ToLower(sum), filepath.Join(a.cfg.StateDir, "downloads"), maxBytes, func(done, total int64) {
+	client := a.allowed.Client(&http.Client{Timeout: 30 * time.Minute})
+	path, err := deploy.Download(ctx, client, url, strings.ToLower(sum), filepath.Join(a.cfg.StateDir, "downloads"), maxBytes, func(done, total int64) {
 		if total > 0 {
 			progress(float64(done)/float64(total), fmt.Sprintf("downloaded %d of %d bytes", done, total))
 		} else {
 			progress(0, fmt.Sprintf("downloaded %d bytes", done))
 		}
 	})
+	if fe := (*deploy.FetchError)(nil); errors.As(err, &fe) {
+		a.log.Warn("download failed", "url", fe.URL, "err", fe.Detail)
+	}
+	return path, err
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -70,6 +71,8 @@ type Config struct {
 	Commands Commands `yaml:"commands"`
 	// Update is the agent's self-update (edge-agent update, the selfupdate command).
 	Update Update `yaml:"update"`
+	// Deploy bounds the downloads deploy and selfupdate commands make.
+	Deploy Deploy `yaml:"deploy"`
 	// Drift is the drift monitor (docs/drift.md).
 	Drift Drift `yaml:"drift"`
 	// Status is the local HTTP server: status page, metrics, health, predict API.
@@ -134,6 +137,16 @@ type MQTT struct {
 	AckTimeout   time.Duration `yaml:"ack_timeout"`   // default 30s
 	StatusEvery  time.Duration `yaml:"status_every"`  // default 60s
 	MetricsEvery time.Duration `yaml:"metrics_every"` // default 30s; 0 after defaults is impossible, negative disables
+}
+
+// Deploy settings (docs/security.md#downloads).
+type Deploy struct {
+	// AllowedURLs are the URL prefixes (http(s)://host[:port][/path]; no port: any) that
+	// deploy and selfupdate commands may download from, redirects included. Default: the MQTT
+	// broker's host, where the fleet server usually lives; none without a broker.
+	AllowedURLs []string `yaml:"allowed_urls"`
+	// DownloadBudget bounds a download on disk (default 512MiB; one at a time).
+	DownloadBudget ByteSize `yaml:"download_budget"`
 }
 
 // Bundles settings (docs/security.md).
@@ -371,6 +384,18 @@ func (c *Config) applyDefaults() {
 	if c.Update.ConfirmWithin == 0 {
 		c.Update.ConfirmWithin = 2 * time.Minute
 	}
+	if c.Deploy.AllowedURLs == nil {
+		if u, err := url.Parse(q.Broker); err == nil && u.Hostname() != "" {
+			host := u.Hostname()
+			if strings.Contains(host, ":") {
+				host = "[" + host + "]" // IPv6
+			}
+			c.Deploy.AllowedURLs = []string{"https://" + host, "http://" + host}
+		}
+	}
+	if c.Deploy.DownloadBudget == 0 {
+		c.Deploy.DownloadBudget = 512 << 20
+	}
 	c.Drift.applyDefaults()
 	c.Status.applyDefaults(c)
 	for _, keys := range [][]string{c.TrustedKeys, c.Bundles.TrustedKeys, c.Commands.TrustedKeys, c.Update.TrustedKeys} {
@@ -426,6 +451,9 @@ func (c *Config) Validate() error {
 	}
 	if !slices.Contains([]string{"text", "json"}, c.Log.Format) {
 		bad("log.format", "%q is not one of text, json", c.Log.Format)
+	}
+	if c.Deploy.DownloadBudget < 1<<20 {
+		bad("deploy.download_budget", "%d bytes is too small for a bundle: give at least 1MiB", c.Deploy.DownloadBudget)
 	}
 	if c.Update.ConfirmWithin < 5*time.Second {
 		bad("update.confirm_within", "%v is too short for a new binary to load its models: give at least 5s", c.Update.ConfirmWithin)

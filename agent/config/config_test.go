@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -154,5 +155,31 @@ update: {trusted_keys: [BIN]}
 		if got := legacy.Keys(role); len(got) != 1 || got[0] != "OLD" {
 			t.Errorf("legacy Keys(%s) = %v; want [OLD]", role, got)
 		}
+	}
+}
+
+// deploy.allowed_urls defaults to the broker's host (any port, http or https), is empty
+// without a broker, and is kept as written when set (an explicit empty list allows nothing).
+func TestDeployDefaults(t *testing.T) {
+	for yml, want := range map[string]string{
+		"mqtt: {broker: tcp://fleet.lan:1883}":     "[https://fleet.lan http://fleet.lan]",
+		"mqtt: {broker: \"ssl://[fd00::5]:8883\"}": "[https://[fd00::5] http://[fd00::5]]",
+		"": "[]",
+		"mqtt: {broker: tcp://fleet.lan:1883}\ndeploy: {allowed_urls: []}": "[]",
+		"deploy: {allowed_urls: [https://files.example.net/edge/]}":        "[https://files.example.net/edge/]",
+	} {
+		c, err := config.Parse([]byte(yml), "")
+		if err != nil {
+			t.Fatalf("%q: %v", yml, err)
+		}
+		if got := fmt.Sprint(c.Deploy.AllowedURLs); got != want {
+			t.Errorf("%q: allowed_urls %s; want %s", yml, got, want)
+		}
+		if c.Deploy.DownloadBudget != 512<<20 {
+			t.Errorf("%q: download_budget %d; want 512MiB", yml, c.Deploy.DownloadBudget)
+		}
+	}
+	if _, err := config.Parse([]byte("deploy: {download_budget: 1000}"), ""); err == nil || !strings.Contains(err.Error(), "deploy.download_budget") {
+		t.Errorf("a 1000-byte budget: %v; want refused naming deploy.download_budget", err)
 	}
 }

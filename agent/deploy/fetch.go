@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -24,6 +26,12 @@ var ErrChecksum = errors.New("sha256 mismatch")
 // replaced). The result must be exactly wantSHA256 (hex) and at most maxBytes, or it is
 // deleted and refused. progress, if set, is called with the bytes so far and the total (-1
 // when unknown). A file already complete in dir is returned at once.
+//
+// dir holds one download at a time (the caller serialises them): any other file in it, a
+// partial of another download or a finished file nobody removed, is deleted first, so
+// broken downloads cannot pile up. A download that would leave less than FreeReserve bytes
+// free on dir's filesystem is refused (the outbox and the model store share it). The caller
+// removes the returned file once it is installed.
 func Download(ctx context.Context, client *http.Client, url, wantSHA256, dir string, maxBytes int64, progress func(done, total int64)) (string, error) {
 	want := strings.ToLower(wantSHA256)
 	if b, err := hex.DecodeString(want); err != nil || len(b) != sha256.Size {
@@ -33,10 +41,11 @@ func Download(ctx context.Context, client *http.Client, url, wantSHA256, dir str
 		return "", fmt.Errorf("download %s: %w", url, err)
 	}
 	final := filepath.Join(dir, want+".bundle")
+	partial := filepath.Join(dir, want+".partial")
+	removeOthers(dir, final, partial)
 	if ok, _ := fileHasSum(final, want); ok {
 		return final, nil
 	}
-	partial := filepath.Join(dir, want+".partial")
 	f, err := os.OpenFile(partial, os.O_RDWR|os.O_CREATE, 0o640)
 	if err != nil {
 		return "", fmt.Errorf("download %s: %w", url, err)
@@ -55,7 +64,7 @@ func Download(ctx context.Context, client *http.Client, url, wantSHA256, dir str
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return "", fmt.Errorf("download %s: %w (the next attempt resumes at byte %d)", url, err, have)
+		return "", &FetchError{URL: redactRaw(url), Detail: err}
 	}
 	defer resp.Body.Close()
 	total := int64(-1)
@@ -78,7 +87,15 @@ func Download(ctx context.Context, client *http.Client, url, wantSHA256, dir str
 		return "", fmt.Errorf("download %s: HTTP %s", url, resp.Status)
 	}
 	if total > maxBytes {
+		f.Close()
+		os.Remove(partial)
 		return "", fmt.Errorf("download %s: %d bytes is over the %d-byte limit", url, total, maxBytes)
+	}
+	if free, ok := freeBytes(dir); ok && total > have && total-have > free-FreeReserve {
+		f.Close()
+		os.Remove(partial)
+		return "", fmt.Errorf("download %s: %d bytes would leave less than %d MiB free on the device (%d MiB free): free disk space, or send a smaller bundle",
+			url, total-have, FreeReserve>>20, free>>20)
 	}
 	done := have
 	var last time.Time
@@ -87,10 +104,14 @@ func Download(ctx context.Context, client *http.Client, url, wantSHA256, dir str
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
 			if done+int64(n) > maxBytes {
+				f.Close()
+				os.Remove(partial)
 				return "", fmt.Errorf("download %s: over the %d-byte limit", url, maxBytes)
 			}
 			if _, err := f.Write(buf[:n]); err != nil {
-				return "", fmt.Errorf("download %s: %w", url, err)
+				f.Close()
+				os.Remove(partial) // a full disk: give the space back at once
+				return "", fmt.Errorf("download %s: %w (the partial file was deleted)", url, err)
 			}
 			done += int64(n)
 			if progress != nil && time.Since(last) > 200*time.Millisecond {
@@ -102,7 +123,7 @@ func Download(ctx context.Context, client *http.Client, url, wantSHA256, dir str
 			break
 		}
 		if rerr != nil {
-			return "", fmt.Errorf("download %s: %w (the next attempt resumes at byte %d)", url, rerr, done)
+			return "", fmt.Errorf("download %s: the transfer broke off at byte %d (the next attempt resumes there): %w", redactRaw(url), done, &FetchError{URL: redactRaw(url), Detail: rerr})
 		}
 	}
 	if err := f.Sync(); err != nil {
@@ -120,6 +141,31 @@ func Download(ctx context.Context, client *http.Client, url, wantSHA256, dir str
 		return "", fmt.Errorf("download %s: %w", url, err)
 	}
 	return final, nil
+}
+
+// FreeReserve is the free space a download must leave on the state folder's filesystem.
+const FreeReserve = 64 << 20
+
+// removeOthers deletes every file in dir but keep (one download lives there at a time).
+func removeOthers(dir string, keep ...string) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		if !slices.Contains(keep, p) {
+			os.RemoveAll(p)
+		}
+	}
+}
+
+func redactRaw(raw string) string {
+	u, err := neturl.Parse(raw)
+	if err != nil {
+		return "(an unparsable URL)"
+	}
+	return redact(u)
 }
 
 // fileHasSum reports whether path's sha256 is want, and the sum it has.
