@@ -432,10 +432,7 @@ func Guard(exe string) (*Result, error) {
 // Confirm records that the new binary is ready: the update is done, and its version (and
 // downgrade sequence) becomes the floor.
 func (t *Trial) Confirm() error {
-	fl, err := ReadFloor(t.p.exe)
-	if err != nil {
-		fl = Floor{} // replaced whole below; the downgrade it held is lost only if it was unreadable
-	}
+	fl, _ := ReadFloor(t.p.exe) // an unreadable floor (Apply refused it) is replaced whole
 	fl = Floor{Schema: FloorSchema, Version: t.Pending.Version, DowngradeSeq: max(fl.DowngradeSeq, t.Pending.Downgrade), Updated: time.Now().UTC()}
 	if err := writeJSON(t.p.floor, fl); err != nil {
 		return fmt.Errorf("record the version floor: %w", err)

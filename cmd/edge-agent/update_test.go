@@ -91,6 +91,14 @@ func install(t *testing.T, src string) string {
 	return dst
 }
 
+// applyUpdate installs from with `exe update` (a pending update, run at the next start).
+func applyUpdate(t *testing.T, exe, from, cfg string) {
+	t.Helper()
+	if out, err := exec.Command(exe, "update", "--from", from, "--config", cfg).CombinedOutput(); err != nil {
+		t.Fatalf("update: %v\n%s", err, out)
+	}
+}
+
 func versionOf(t *testing.T, exe string) string {
 	t.Helper()
 	out, err := exec.Command(exe, "version").Output()
@@ -360,9 +368,7 @@ func TestSelfUpdateRollsBackWhenNeverReady(t *testing.T) {
 	exe := install(t, k.build(t, "1.0.0", ""))
 	hang := k.build(t, "2.0.0", "hang")
 	cfg := k.config(t, "up-3", "", "update: {confirm_within: 5s}\n")
-	if out, err := exec.Command(exe, "update", "--from", hang, "--config", cfg).CombinedOutput(); err != nil {
-		t.Fatalf("update: %v\n%s", err, out)
-	}
+	applyUpdate(t, exe, hang, cfg)
 	svc := startService(t, exe, cfg, 0)
 	mqtttest.WaitFor(t, 40*time.Second, "1.0.0 started again after the deadline", func() bool {
 		l := svc.logs.String()
@@ -474,9 +480,7 @@ func TestSelfUpdateSurvivesSIGKILLDuringApply(t *testing.T) {
 	// How long a whole update takes here, to spread the kills over it.
 	exe := install(t, v1)
 	began := time.Now()
-	if out, err := exec.Command(exe, "update", "--from", v2, "--config", cfg).CombinedOutput(); err != nil {
-		t.Fatalf("update: %v\n%s", err, out)
-	}
+	applyUpdate(t, exe, v2, cfg)
 	whole := time.Since(began)
 	seen := map[string]int{}
 	for i := range 15 {
@@ -583,9 +587,7 @@ func TestSelfUpdateGuardRevertsAWedgedBinary(t *testing.T) {
 	exe := install(t, k.build(t, "1.0.0", ""))
 	wedged := k.build(t, "2.0.0", "wedge")
 	cfg := k.config(t, "up-7", "", "")
-	if out, err := exec.Command(exe, "update", "--from", wedged, "--config", cfg).CombinedOutput(); err != nil {
-		t.Fatalf("update: %v\n%s", err, out)
-	}
+	applyUpdate(t, exe, wedged, cfg)
 	svc := startUnit(t, exe, cfg, unit{restarts: 4, systemd: true, startTimeout: testenv.Patience(3 * time.Second)})
 	rolledBack(t, exe, "counted by the previous binary", 60*time.Second)
 	mqtttest.WaitFor(t, 30*time.Second, "1.0.0 serving after the restore", func() bool {
@@ -606,9 +608,7 @@ func TestSelfUpdateConfirmsOnlyWithTheFleet(t *testing.T) {
 	v2 := k.build(t, "2.0.0", "")
 	nobody := fmt.Sprintf("tcp://127.0.0.1:%d", testenv.FreePort(t)) // nothing listens there
 	cfg := k.config(t, "up-8", nobody, "update: {confirm_within: 5s}\n")
-	if out, err := exec.Command(exe, "update", "--from", v2, "--config", cfg).CombinedOutput(); err != nil {
-		t.Fatalf("update: %v\n%s", err, out)
-	}
+	applyUpdate(t, exe, v2, cfg)
 	svc := startService(t, exe, cfg, 0)
 	rolledBack(t, exe, "not connected to the broker", 60*time.Second)
 	if !strings.Contains(svc.logs.String(), "it confirms the update once it has reached the broker") {
