@@ -305,10 +305,22 @@ func Load(path string) (*Config, error) {
 // Parse decodes YAML (unknown fields are errors, so typos are caught), applies defaults and
 // validates. dir resolves relative paths.
 func Parse(data []byte, dir string) (*Config, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("parse: %w", err)
+	}
+	if len(doc.Content) == 0 || doc.Content[0].Kind == yaml.ScalarNode && doc.Content[0].Tag == "!!null" {
+		// An empty file is more often a failed copy or a wrong path than a wish for every
+		// default (no models, the status page on :8080): say so rather than serve nothing.
+		return nil, errors.New("the file is empty or holds only comments: write the sources and models to serve (docs/configuration.md; packaging/config.yaml is a starting point)")
+	}
+	if err := checkKeys(&doc); err != nil {
+		return nil, err
+	}
 	var c Config
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) { // EOF: empty file, all defaults
+	dec.KnownFields(true) // a backstop: checkKeys has named any unknown key by its path
+	if err := dec.Decode(&c); err != nil {
 		return nil, fmt.Errorf("parse: %w", err)
 	}
 	c.dir = dir

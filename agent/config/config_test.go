@@ -56,24 +56,38 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"models: [{name: m, path: x, input: {image: {resize: cubic}}}]", "models[0].input.image.resize"},
 		{"models: [{name: m, path: x, input: {image: {std: [0]}}}]", "models[0].input.image.std[0]: must not be 0"},
 		{"models: [{name: m, path: x, output: {kind: segmentation}}]", "models[0].output.kind"},
-		{"modles: []", "field modles not found"},
+		{"modles: []", "modles (line 1): unknown key; the keys here are bundles, commands,"},
+		{"log:\n  level: info\n  colour: red", "log.colour (line 3): unknown key; the keys here are format, level"},
+		{"mqtt: {keepalive: soon}", `mqtt.keepalive (line 1): "soon" is not a duration (such as 500ms, 30s, 5m)`},
+		{"sources: [{name: a, kind: synthetic, rate: fast}]", `sources[0].rate (line 1): "fast" is not a number`},
+		{"sources: [{name: a, kind: synthetic, synthetic: {wave: sine, colour: red}}]", "sources[0].synthetic.colour (line 1): unknown key"},
+		{"models: {name: m}", "models (line 1): want a list, not a mapping"},
+		{"stdout: maybe", `stdout (line 1): "maybe" is not true or false`},
+		{"keep_versions: [3]", "keep_versions (line 1): want a whole number, not a list"},
+		{"[1, 2]", "the config (line 1): want a mapping of settings"},
 		{"device: a/b", "device"},
 		{"outbox: {policy: drop-random}", `outbox.policy: "drop-random" is not one of drop-oldest, drop-newest, block`},
-		{"outbox: {max_bytes: 12 parsecs}", `"12 parsecs" is not a size`},
+		{"outbox: {max_bytes: 12 parsecs}", `outbox.max_bytes (line 1): "12 parsecs" is not a size`},
 		{"outbox: {max_results: -1}", "outbox: max_results and max_events must be ≥ 1"},
 		{"mqtt: {password: a, password_file: b}", "mqtt.password_file: set either mqtt.password or mqtt.password_file"},
-		{"mqtt: {brokr: x}", "field brokr not found"},
+		{"mqtt: {brokr: x}", "mqtt.brokr (line 1): unknown key"},
 	} {
 		_, err := config.Parse([]byte(c.yaml), "")
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%q: err = %v; want it to contain %q", c.yaml, err, c.want)
 		}
+		if err != nil && (strings.Contains(err.Error(), "type config.") || strings.Contains(err.Error(), "!!")) {
+			t.Errorf("%q: err = %v names a Go or YAML type instead of the key", c.yaml, err)
+		}
 	}
 }
 
-func TestEmptyFileIsAllDefaults(t *testing.T) {
-	if _, err := config.Parse(nil, ""); err != nil {
-		t.Fatalf("empty config: %v", err)
+// A file with no settings is refused: more often a failed copy than a wish for all defaults.
+func TestEmptyFileIsRefused(t *testing.T) {
+	for _, yml := range []string{"", "\n\n", "# only a comment\n# and another\n", "---\n", "~\n"} {
+		if _, err := config.Parse([]byte(yml), ""); err == nil || !strings.Contains(err.Error(), "empty or holds only comments") {
+			t.Errorf("%q: %v; want refused as empty", yml, err)
+		}
 	}
 }
 
@@ -162,9 +176,9 @@ update: {trusted_keys: [BIN]}
 // without a broker, and is kept as written when set (an explicit empty list allows nothing).
 func TestDeployDefaults(t *testing.T) {
 	for yml, want := range map[string]string{
-		"mqtt: {broker: tcp://fleet.lan:1883}":     "[https://fleet.lan http://fleet.lan]",
-		"mqtt: {broker: \"ssl://[fd00::5]:8883\"}": "[https://[fd00::5] http://[fd00::5]]",
-		"": "[]",
+		"mqtt: {broker: tcp://fleet.lan:1883}":                             "[https://fleet.lan http://fleet.lan]",
+		"mqtt: {broker: \"ssl://[fd00::5]:8883\"}":                         "[https://[fd00::5] http://[fd00::5]]",
+		"log: {level: info}":                                               "[]",
 		"mqtt: {broker: tcp://fleet.lan:1883}\ndeploy: {allowed_urls: []}": "[]",
 		"deploy: {allowed_urls: [https://files.example.net/edge/]}":        "[https://files.example.net/edge/]",
 	} {

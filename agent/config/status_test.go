@@ -11,7 +11,7 @@ func TestStatusDefaultsAndOff(t *testing.T) {
 	for _, c := range []struct {
 		yml, addr string
 	}{
-		{"", "127.0.0.1:8080"},
+		{"log: {level: info}", "127.0.0.1:8080"},
 		{"status: {}", "127.0.0.1:8080"},
 		{`status: {listen: ""}`, ""},
 		{"status: {listen: off}", ""},
