@@ -12,7 +12,7 @@
 // id is the first key. Every Remember is one fsync'd write transaction that also deletes the
 // ids that have expired.
 //
-// Imports: the standard library, bbolt and internal/durable only. It must not import any
+// Imports: the standard library, bbolt, internal/boltcheck and internal/durable only. It must not import any
 // other agent/* package, nor hal/* or models/*.
 package state
 
@@ -28,6 +28,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/edge-agent/edge-agent/internal/boltcheck"
 	"github.com/edge-agent/edge-agent/internal/durable"
 )
 
@@ -60,12 +61,27 @@ func open(path string, timeout time.Duration) (*Store, error) {
 	if err := durable.MkdirAll(filepath.Dir(path)); err != nil {
 		return nil, fmt.Errorf("state %s: create its directory: %w", path, err)
 	}
+	// bbolt trusts the file it maps: a truncated one faults (SIGBUS) when it reads past the
+	// end. Check the meta pages and size first.
+	if _, err := boltcheck.Preflight(path); err != nil {
+		if errors.Is(err, boltcheck.ErrDamaged) {
+			return nil, damaged(path, err.Error())
+		}
+		return nil, fmt.Errorf("state %s: %w", path, err)
+	}
 	db, err := openBolt(path, timeout)
 	if err != nil {
 		return nil, err
 	}
 	s := &Store{path: path, db: db}
-	if err := s.load(); err != nil {
+	// Read every page once, faults and panics turned into errors (boltcheck.Guard).
+	err = boltcheck.Guard(s.load)
+	if errors.Is(err, boltcheck.ErrDamaged) {
+		// bbolt may still hold its locks after a fault: abandon this handle (Close could wait
+		// forever); the caller moves the file aside.
+		return nil, damaged(path, err.Error())
+	}
+	if err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -112,11 +128,11 @@ func damaged(path, why string) error {
 // load creates the buckets of a new file and checks an existing one.
 func (s *Store) load() error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		if err := tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
+		if err := tx.ForEach(func(name []byte, b *bolt.Bucket) error {
 			if !bytes.Equal(name, bucketIDs) && !bytes.Equal(name, bucketExp) {
 				return damaged(s.path, fmt.Sprintf("unknown bucket %q", name))
 			}
-			return nil
+			return boltcheck.Walk(b)
 		}); err != nil {
 			return err
 		}
@@ -151,6 +167,16 @@ func (s *Store) load() error {
 	return err
 }
 
+// update runs fn in a write transaction with a fault or panic of a damaged page turned into
+// an error wrapping ErrDamaged (the command is then refused, not the process stopped).
+func (s *Store) update(fn func(*bolt.Tx) error) error {
+	err := boltcheck.Guard(func() error { return s.db.Update(fn) })
+	if errors.Is(err, boltcheck.ErrDamaged) {
+		return damaged(s.path, err.Error())
+	}
+	return err
+}
+
 // Close closes the file.
 func (s *Store) Close() error {
 	if err := s.db.Close(); err != nil {
@@ -176,7 +202,7 @@ func (s *Store) Remember(id string, until, now time.Time, limit int) (seen bool,
 	key, newUntil := []byte(id), stamp(until)
 	nowNs := binary.BigEndian.Uint64(stamp(now))
 	n := s.ids
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.update(func(tx *bolt.Tx) error {
 		n = s.ids
 		ids, exp := tx.Bucket(bucketIDs), tx.Bucket(bucketExp)
 		// Forget the expired ids: their until is before now.
