@@ -172,8 +172,9 @@ func TestNoCgoBinarySaysNoEngine(t *testing.T) {
 func TestLeafPackages(t *testing.T) {
 	allowed := map[string][]string{
 		"agent/health":          {},
-		"agent/outbox":          {"internal/durable"},
-		"agent/state":           {"internal/durable"},
+		"agent/outbox":          {"internal/durable", "internal/boltcheck"},
+		"agent/state":           {"internal/durable", "internal/boltcheck"},
+		"internal/boltcheck":    {},
 		"agent/command":         {},
 		"internal/rollout":      {"agent/command", "internal/durable"},
 		"agent/update":          {"internal/durable"},
