@@ -143,9 +143,11 @@ func (o *Outbox) commit(batch []*op) {
 			}
 		}
 	} else {
-		err = o.db.Update(func(tx *bolt.Tx) error {
-			t.tx = tx
-			return t.apply(batch)
+		err = guard(func() error {
+			return o.db.Update(func(tx *bolt.Tx) error {
+				t.tx = tx
+				return t.apply(batch)
+			})
 		})
 	}
 	for _, s := range o.list {

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/edge-agent/edge-agent/internal/boltcheck"
 )
 
 // File layout (format 1):
@@ -90,6 +92,11 @@ func (st *streamState) readHead(c *bolt.Cursor) {
 func (o *Outbox) load() error {
 	notOurs := func(why string) error { return &notOutboxError{o.path, why} }
 	err := o.db.Update(func(tx *bolt.Tx) error {
+		// Read every page once, here where a damaged one is an error at open (Open runs load
+		// under boltcheck.Guard), not a fault in the middle of serving.
+		if err := tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return boltcheck.Walk(b) }); err != nil {
+			return err
+		}
 		wrote := false
 		meta := tx.Bucket(metaBucket)
 		if meta == nil {

@@ -19,7 +19,7 @@
 // Space: bbolt files never shrink, so the committer compacts the file (copy, fsync, rename)
 // when it is mostly free pages.
 //
-// Imports: the standard library and bbolt only. It must not import any other agent/*
+// Imports: the standard library, bbolt, internal/durable and internal/boltcheck only. It must not import any other agent/*
 // package (it stores opaque bytes), nor hal/* or models/*.
 package outbox
 
@@ -37,6 +37,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/edge-agent/edge-agent/internal/boltcheck"
 	"github.com/edge-agent/edge-agent/internal/durable"
 )
 
@@ -195,6 +196,14 @@ func Open(path string, opt Options) (*Outbox, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("outbox %s: remove stale %s: %w", path, path+compactSuffix, err)
 	}
+	// bbolt trusts the file it maps: a truncated one faults (SIGBUS) when it reads past the
+	// end. Check the meta pages and size first.
+	if _, err := boltcheck.Preflight(path); err != nil {
+		if errors.Is(err, boltcheck.ErrDamaged) {
+			return nil, fmt.Errorf("outbox %s is damaged (%v): move it aside; the agent will create a new one: %w", path, err, ErrDamaged)
+		}
+		return nil, fmt.Errorf("outbox %s: %w", path, err)
+	}
 	db, err := openBolt(path, opt.lockTimeout)
 	if err != nil {
 		return nil, err
@@ -230,7 +239,13 @@ func Open(path string, opt Options) (*Outbox, error) {
 		o.streams[name] = s
 		o.list = append(o.list, s)
 	}
-	if err := o.load(); err != nil {
+	// Every page is read once (load walks them), faults and panics turned into errors.
+	if err := boltcheck.Guard(o.load); err != nil {
+		if errors.Is(err, boltcheck.ErrDamaged) {
+			// bbolt may still hold its locks after a fault: abandon this handle (its Close
+			// could wait forever); the caller moves the file aside.
+			return nil, fmt.Errorf("outbox %s is damaged (%v): move it aside; the agent will create a new one: %w", path, err, ErrDamaged)
+		}
 		db.Close()
 		return nil, err
 	}
@@ -414,7 +429,17 @@ func (o *Outbox) view(fn func(*bolt.Tx) error) error {
 		}
 		return ErrClosed
 	}
-	return o.db.View(fn)
+	return guard(func() error { return o.db.View(fn) })
+}
+
+// guard runs a transaction with a fault or panic of a damaged page turned into an error
+// wrapping ErrDamaged: the operation fails, the process does not.
+func guard(fn func() error) error {
+	err := boltcheck.Guard(fn)
+	if errors.Is(err, boltcheck.ErrDamaged) {
+		return fmt.Errorf("%w: %v", ErrDamaged, err)
+	}
+	return err
 }
 
 // The operations Append and Ack hand to the committer.
