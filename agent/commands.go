@@ -17,8 +17,10 @@ import (
 	"github.com/edge-agent/edge-agent/agent/command"
 	"github.com/edge-agent/edge-agent/agent/config"
 	"github.com/edge-agent/edge-agent/agent/deploy"
+	"github.com/edge-agent/edge-agent/agent/health"
 	"github.com/edge-agent/edge-agent/agent/result"
 	"github.com/edge-agent/edge-agent/agent/state"
+	"github.com/edge-agent/edge-agent/internal/boltcheck"
 	"github.com/edge-agent/edge-agent/models/sign"
 )
 
@@ -47,7 +49,22 @@ func commandVerifier(keys []string) (func(body, sig []byte) error, error) {
 // startCommands opens the state store and builds the command router.
 func (a *Agent) startCommands() error {
 	f := a.fleet
-	st, err := state.Open(filepath.Join(a.cfg.StateDir, "state.db"))
+	path := filepath.Join(a.cfg.StateDir, "state.db")
+	st, err := state.Open(path)
+	if errors.Is(err, state.ErrDamaged) {
+		// A damaged state file must not stop the agent: keep it for inspection, start a new
+		// one, and say so (the command ids it remembered are gone).
+		moved, rerr := boltcheck.MoveAside(path, time.Now())
+		if rerr != nil {
+			return fmt.Errorf("state store: %w (and %v)", err, rerr)
+		}
+		a.log.Error("state store damaged: moved aside, starting a new one", "file", path, "moved_to", moved, "err", err)
+		a.health.Set(health.Condition{Code: "state-damaged", Severity: health.Warning, Component: "commands",
+			Message: fmt.Sprintf("the state file was damaged and moved to %s; the command ids it remembered are forgotten (inspect or delete it)", moved)})
+		f.emit(result.Event{Type: "state.damaged", Severity: "warning", Component: "commands",
+			Message: "the state file was damaged and moved aside; a new one was started", Data: map[string]any{"moved_to": moved}})
+		st, err = state.Open(path)
+	}
 	if err != nil {
 		return fmt.Errorf("state store: %w", err)
 	}

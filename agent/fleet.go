@@ -27,6 +27,7 @@ import (
 	"github.com/edge-agent/edge-agent/agent/pipeline"
 	"github.com/edge-agent/edge-agent/agent/result"
 	"github.com/edge-agent/edge-agent/agent/state"
+	"github.com/edge-agent/edge-agent/internal/boltcheck"
 )
 
 // Stream names in the outbox and topic suffixes on the broker.
@@ -86,11 +87,11 @@ func openFleet(cfg *config.Config, log *slog.Logger, h *health.Tracker) (*fleet,
 	if errors.Is(err, outbox.ErrDamaged) {
 		// A damaged file must not keep the agent from serving (and storing new results):
 		// keep it for inspection under another name and start a new one.
-		moved = fmt.Sprintf("%s.damaged-%d", o.Path, time.Now().Unix())
-		log.Error("outbox damaged: moved aside, starting a new one", "file", o.Path, "moved_to", moved, "err", err)
-		if rerr := os.Rename(o.Path, moved); rerr != nil {
-			return nil, fmt.Errorf("outbox: %w (and moving it aside failed: %v)", err, rerr)
+		var rerr error
+		if moved, rerr = boltcheck.MoveAside(o.Path, time.Now()); rerr != nil {
+			return nil, fmt.Errorf("outbox: %w (and %v)", err, rerr)
 		}
+		log.Error("outbox damaged: moved aside, starting a new one above the sequence numbers it gave out", "file", o.Path, "moved_to", moved, "err", err)
 		ob, err = outbox.Open(o.Path, opts)
 	}
 	if err != nil {

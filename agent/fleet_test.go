@@ -288,3 +288,63 @@ func tail(s string, n int) string {
 	}
 	return s
 }
+
+// The audit's crash loops: an outbox truncated to 200,000 bytes and a state.db truncated to
+// 10,000 bytes faulted or panicked on every start. Now the agent starts and serves, both files
+// are moved aside with health conditions naming them, and the new outbox's sequence numbers
+// continue above the ones the damaged file gave out.
+func TestTruncatedOutboxAndStateDoNotStopTheAgent(t *testing.T) {
+	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{})
+	con := newConsole(t, broker.URL)
+	state := t.TempDir()
+	yml := `
+device: fleet-5
+state_dir: ` + state + `
+` + con.keys() + `
+mqtt: {broker: ` + broker.URL + `, backoff_min: 50ms, backoff_max: 200ms}
+sources:
+  - {name: sweep, kind: synthetic, rate: 500, synthetic: {wave: sine, phase: true, offset: -3.14159}}
+models:
+  - {name: sin, path: @TESTDATA@/sin_model.tflite, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
+`
+	lastSeq := func(r *running) uint64 {
+		return r.a.FleetStats()["outbox"].(outbox.Stats).Streams["results"].LastSeq
+	}
+	r := start(t, yml)
+	waitFor(t, "2,000 results in the outbox", func() bool { return lastSeq(r) >= 2000 })
+	con.send("edge/fleet-5/cmd", con.cmd("p1", "ping", ""))
+	con.final("p1") // the state store holds an id
+	r.stop()
+	before := lastSeq(r)
+	for file, size := range map[string]int64{"outbox.db": 200_000, "state.db": 10_000} {
+		p := filepath.Join(state, file)
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Size() <= size {
+			size = fi.Size() / 2
+		}
+		if err := os.Truncate(p, size); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	r = start(t, yml)
+	waitFor(t, "results stored in the new outbox", func() bool { return lastSeq(r) > before+10 })
+	for code, file := range map[string]string{"outbox-damaged": "outbox.db", "state-damaged": "state.db"} {
+		c, ok := r.a.Health().Get(code)
+		moved, _ := filepath.Glob(filepath.Join(state, file+".damaged-*"))
+		if !ok || len(moved) != 1 || !strings.Contains(c.Message, moved[0]) {
+			t.Errorf("%s: condition %+v (%v), moved files %v; want one moved file named in the condition", code, c, ok, moved)
+		}
+	}
+	first := r.a.FleetStats()["outbox"].(outbox.Stats).Streams["results"]
+	if first.LastSeq-first.Appended < before {
+		t.Errorf("the new outbox gave out sequences from %d; the damaged one had reached %d", first.LastSeq-first.Appended+1, before)
+	}
+	con.send("edge/fleet-5/cmd", con.cmd("p2", "ping", ""))
+	if rs := con.final("p2"); rs[len(rs)-1]["status"] != "done" {
+		t.Errorf("commands after the state store was replaced: %v", rs)
+	}
+}

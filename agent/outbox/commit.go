@@ -175,6 +175,12 @@ func (o *Outbox) commit(batch []*op) {
 			s.publish(w.added)
 		}
 	}
+	if o.leaseDue() && time.Now().After(o.leaseRetry) {
+		if err := o.renewLeases(); err != nil {
+			o.leaseRetry = time.Now().Add(10 * time.Second) // a full disk: say so every 10 s, not every commit
+			o.log.Error("outbox: the sequence lease was not renewed; a replaced outbox could repeat sequence numbers", "err", err)
+		}
+	}
 	for _, op := range t.taken {
 		op.reply <- op.res
 	}

@@ -145,6 +145,17 @@ func (o *Outbox) load() error {
 				wrote = true
 			}
 			st.last = b.Sequence()
+			if given, ok := o.leased[s.name]; ok && (o.fresh || st.last < given) {
+				// A new outbox, or one older than the lease: start above every sequence the
+				// stream may have given out.
+				next := given + o.opt.lease
+				o.log.Warn("outbox: the stream starts above its sequence lease (the outbox file is newer or older than the one that gave them out)",
+					"file", o.path, "stream", s.name, "last_in_file", st.last, "lease", given, "next_seq", next+1)
+				if err := b.SetSequence(next); err != nil {
+					return err
+				}
+				st.last, wrote = next, true
+			}
 			st.readHead(b.Cursor())
 			if st.first == 0 && st.count != 0 {
 				return notOurs(fmt.Sprintf("stream %q: counters say %d records, the bucket has none", s.name, st.count))

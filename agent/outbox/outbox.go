@@ -114,6 +114,7 @@ type Options struct {
 	// For tests: housekeeping period (default 1 s), least time between compaction checks
 	// (default 5 s), wait for the file lock (default 2 s).
 	tick, compactEvery, lockTimeout time.Duration
+	lease                           uint64 // sequence lease size (tests; default seqLease)
 }
 
 // Stats describe the outbox.
@@ -153,9 +154,12 @@ type Outbox struct {
 	// dbMu guards db against compaction and Close, which swap it: readers hold RLock for a
 	// View. The committer writes through db without the lock: it is the only goroutine
 	// that changes db, and Close does so only after the committer has stopped.
-	dbMu  sync.RWMutex
-	db    *bolt.DB
-	fatal error // set when the file could not be reopened after compaction
+	dbMu       sync.RWMutex
+	db         *bolt.DB
+	fatal      error             // set when the file could not be reopened after compaction
+	leased     map[string]uint64 // the sequence lease (seqlease.go); committer-owned after Open
+	leaseRetry time.Time         // after a failed renewal, when to try again
+	fresh      bool              // the file was new (or empty) at Open
 
 	streams map[string]*Stream
 	list    []*Stream // by index, in name order
@@ -189,6 +193,7 @@ func Open(path string, opt Options) (*Outbox, error) {
 	}
 	_, statErr := os.Stat(path)
 	created := errors.Is(statErr, os.ErrNotExist)
+	fresh := created || emptyFile(path) // bbolt makes an empty file a new one
 	// A .compact file is a compaction that a crash interrupted before its rename: the
 	// original is whole, the copy may not be.
 	if err := os.Remove(path + compactSuffix); err == nil {
@@ -239,6 +244,15 @@ func Open(path string, opt Options) (*Outbox, error) {
 		o.streams[name] = s
 		o.list = append(o.list, s)
 	}
+	leases, err := readLeases(path)
+	if err != nil {
+		// Without it a replaced outbox could repeat sequence numbers; this one continues from
+		// its own, and a new lease is written below.
+		opt.Logger.Warn("outbox: the sequence lease file is unreadable; sequence numbers continue from the outbox file", "file", path, "err", err)
+		leases = map[string]uint64{}
+	}
+	o.leased = leases
+	o.fresh = fresh
 	// Every page is read once (load walks them), faults and panics turned into errors.
 	if err := boltcheck.Guard(o.load); err != nil {
 		if errors.Is(err, boltcheck.ErrDamaged) {
@@ -256,6 +270,10 @@ func Open(path string, opt Options) (*Outbox, error) {
 			db.Close()
 			return nil, fmt.Errorf("outbox %s: fsync its directory: %w", path, err)
 		}
+	}
+	if err := o.renewLeases(); err != nil {
+		db.Close()
+		return nil, err
 	}
 	o.maybeCompact(true)
 	if o.fatal != nil {
@@ -322,6 +340,9 @@ func (opt Options) withDefaults() (Options, error) {
 	}
 	if opt.lockTimeout <= 0 {
 		opt.lockTimeout = lockTimeout
+	}
+	if opt.lease == 0 {
+		opt.lease = seqLease
 	}
 	return opt, nil
 }

@@ -1,0 +1,85 @@
+package outbox
+
+// Sequence leases: the last sequence number of each stream lives in the outbox file, and also
+// in a small file beside it, PATH.seq.json, which holds each stream's last sequence when it
+// was written; the stream may give out seqLease more before it is written again (renewed
+// when half of that is used, so a crash cannot outrun it). An outbox that is new, or older
+// than the lease file (the old one damaged, moved aside or deleted), starts its streams
+// above the lease, so a sequence number is never given out twice: consumers that
+// de-duplicate on (device, seq) would drop the new records as repeats. They see a gap
+// instead, which says what it is. One small fsync'd write per seqLease/2 records.
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/edge-agent/edge-agent/internal/durable"
+)
+
+// seqLease is how many sequence numbers a lease reserves ahead.
+const seqLease = 1 << 16
+
+const seqLeaseSchema = "edge-agent/outbox-seq/v1"
+
+type leaseFile struct {
+	Schema  string            `json:"schema"`
+	Streams map[string]uint64 `json:"streams"` // the last sequence given out when written
+}
+
+func leasePath(path string) string { return path + ".seq.json" }
+
+// readLeases returns the leased sequence of each stream (none when there is no file). A file
+// that cannot be read is an error: the caller cannot know how far the streams got.
+func readLeases(path string) (map[string]uint64, error) {
+	b, err := os.ReadFile(leasePath(path))
+	if errors.Is(err, os.ErrNotExist) {
+		return map[string]uint64{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var f leaseFile
+	if err := json.Unmarshal(b, &f); err != nil || f.Schema != seqLeaseSchema {
+		return nil, fmt.Errorf("%s is not a sequence lease file (%v)", leasePath(path), err)
+	}
+	return f.Streams, nil
+}
+
+// renewLeases records every stream's last sequence (a stream not declared now keeps its
+// entry), and remembers them in o.leased.
+func (o *Outbox) renewLeases() error {
+	f := leaseFile{Schema: seqLeaseSchema, Streams: make(map[string]uint64, len(o.leased)+len(o.list))}
+	for name, v := range o.leased {
+		f.Streams[name] = v
+	}
+	for _, s := range o.list {
+		f.Streams[s.name] = max(s.st.last, o.leased[s.name])
+	}
+	b, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := durable.WriteFile(leasePath(o.path), b, 0o600); err != nil {
+		return fmt.Errorf("outbox %s: write the sequence lease: %w", o.path, err)
+	}
+	o.leased = f.Streams
+	return nil
+}
+
+// leaseDue reports whether a stream has used half of its lease (a commit gives out at most
+// MaxBatch < seqLease/2 sequences, so renewing then keeps every stream inside its lease).
+func (o *Outbox) leaseDue() bool {
+	for _, s := range o.list {
+		if s.st.last >= o.leased[s.name]+o.opt.lease/2 {
+			return true
+		}
+	}
+	return false
+}
+
+func emptyFile(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Size() == 0
+}
