@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,7 +17,6 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/edge-agent/edge-agent/internal/boltcheck"
 	"github.com/edge-agent/edge-agent/internal/testenv"
 )
 
@@ -770,37 +768,7 @@ func TestDamageMatrixNeverCrashes(t *testing.T) {
 		appendT(t, o.Stream("results"), fmt.Sprintf(`{"seq_hint":%d,"pad":%q}`, i, strings.Repeat("r", 150)))
 	}
 	closeT(t, o)
-	good, err := os.ReadFile(valid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := boltcheck.Preflight(valid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps, need := int(m.PageSize), int(m.Pages)*int(m.PageSize)
-	if need < 50*ps {
-		t.Fatalf("the valid outbox holds %d pages; want enough to damage", m.Pages)
-	}
-	cases := map[string][]byte{}
-	for _, n := range []int{200_000, 100, ps + 10, 3 * ps, need / 2, need - ps, need - 1} {
-		if n < need {
-			cases[fmt.Sprintf("truncated to %d bytes", n)] = good[:n]
-		}
-	}
-	for _, page := range []int{2, 3, 4, need / ps / 3, need / ps / 2, need/ps - 2} {
-		for seed := range 3 {
-			b := append([]byte(nil), good...)
-			r := rand.New(rand.NewPCG(uint64(page), uint64(seed)))
-			for i := page * ps; i < (page+1)*ps; i++ {
-				b[i] = byte(r.IntN(256))
-			}
-			cases[fmt.Sprintf("page %d random (seed %d)", page, seed)] = b
-		}
-	}
-	zeroed := append([]byte(nil), good...)
-	clear(zeroed[ps : 2*ps])
-	cases["second meta page zeroed"] = zeroed
+	cases := testenv.DamagedCopies(t, valid, 200_000) // 200,000 bytes panicked before
 	opt := Options{Logger: quiet, Streams: map[string]Caps{"results": {}}, lockTimeout: 50 * time.Millisecond}
 	refused := 0
 	for name, data := range cases {

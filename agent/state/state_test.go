@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,8 +11,6 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-
-	"github.com/edge-agent/edge-agent/internal/boltcheck"
 
 	"github.com/edge-agent/edge-agent/internal/testenv"
 )
@@ -266,36 +263,7 @@ func TestDamageMatrixNeverCrashes(t *testing.T) {
 		remember(t, s, fmt.Sprintf("command-id-%06d", i), at(time.Hour), t0, 10000)
 	}
 	s.Close()
-	good, err := os.ReadFile(valid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps := os.Getpagesize()
-	if len(good) < 20*ps {
-		t.Fatalf("the valid file is %d bytes; want enough pages to damage", len(good))
-	}
-	m, err := boltcheck.Preflight(valid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	need := int(m.Pages) * int(m.PageSize) // bbolt grows files ahead: past this, nothing is lost
-	cases := map[string][]byte{}
-	for _, n := range []int{10_000, 100, ps + 10, 3 * ps, need / 2, need - ps, need - 1} {
-		cases[fmt.Sprintf("truncated to %d bytes", n)] = good[:n]
-	}
-	for _, page := range []int{2, 3, 5, len(good) / ps / 2, len(good)/ps - 2} {
-		for seed := range 3 {
-			b := append([]byte(nil), good...)
-			r := rand.New(rand.NewPCG(uint64(page), uint64(seed)))
-			for i := page * ps; i < (page+1)*ps; i++ {
-				b[i] = byte(r.IntN(256))
-			}
-			cases[fmt.Sprintf("page %d random (seed %d)", page, seed)] = b
-		}
-	}
-	zeroed := append([]byte(nil), good...)
-	clear(zeroed[:ps])
-	cases["first meta page zeroed"] = zeroed
+	cases := testenv.DamagedCopies(t, valid, 10_000) // 10,000 bytes faulted with SIGBUS before
 	refused := 0
 	for name, data := range cases {
 		path := filepath.Join(t.TempDir(), "state.db")
