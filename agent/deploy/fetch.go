@@ -51,6 +51,7 @@ func Download(ctx context.Context, client *http.Client, url, wantSHA256, dir str
 		return "", fmt.Errorf("download %s: %w", url, err)
 	}
 	defer f.Close()
+	discard := func() { f.Close(); os.Remove(partial) } // a download that cannot be used
 	have, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
 		return "", fmt.Errorf("download %s: %w", url, err)
@@ -87,13 +88,11 @@ func Download(ctx context.Context, client *http.Client, url, wantSHA256, dir str
 		return "", fmt.Errorf("download %s: HTTP %s", url, resp.Status)
 	}
 	if total > maxBytes {
-		f.Close()
-		os.Remove(partial)
+		discard()
 		return "", fmt.Errorf("download %s: %d bytes is over the %d-byte limit", url, total, maxBytes)
 	}
 	if free, ok := freeBytes(dir); ok && total > have && total-have > free-FreeReserve {
-		f.Close()
-		os.Remove(partial)
+		discard()
 		return "", fmt.Errorf("download %s: %d bytes would leave less than %d MiB free on the device (%d MiB free): free disk space, or send a smaller bundle",
 			url, total-have, FreeReserve>>20, free>>20)
 	}
@@ -104,13 +103,11 @@ func Download(ctx context.Context, client *http.Client, url, wantSHA256, dir str
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
 			if done+int64(n) > maxBytes {
-				f.Close()
-				os.Remove(partial)
+				discard()
 				return "", fmt.Errorf("download %s: over the %d-byte limit", url, maxBytes)
 			}
 			if _, err := f.Write(buf[:n]); err != nil {
-				f.Close()
-				os.Remove(partial) // a full disk: give the space back at once
+				discard() // a full disk: give the space back at once
 				return "", fmt.Errorf("download %s: %w (the partial file was deleted)", url, err)
 			}
 			done += int64(n)
@@ -133,8 +130,7 @@ func Download(ctx context.Context, client *http.Client, url, wantSHA256, dir str
 		progress(done, total)
 	}
 	if ok, got := fileHasSum(partial, want); !ok {
-		f.Close()
-		os.Remove(partial)
+		discard()
 		return "", fmt.Errorf("download %s: %w: got %s, want %s (the file was deleted)", url, ErrChecksum, got, want)
 	}
 	if err := os.Rename(partial, final); err != nil {

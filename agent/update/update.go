@@ -371,15 +371,14 @@ type Trial struct {
 func Begin(exe string) (*Trial, error) {
 	p := pathsOf(exe)
 	os.Remove(p.next) // a leftover of an interrupted Apply
-	var pend Pending
-	if err := readJSON(p.pending, &pend); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil
-		}
+	pend, installed, err := readPending(p)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil, nil
+	case err != nil:
 		os.Remove(p.pending)
-		return nil, fmt.Errorf("pending update %s unreadable (%v): removed; the running binary stays", p.pending, err)
-	}
-	if sum, err := fileSHA256(exe); err != nil || sum != pend.SHA256 {
+		return nil, fmt.Errorf("%v: removed; the running binary stays", err)
+	case !installed:
 		// Apply stopped before the new binary was in place: nothing changed.
 		return nil, errors.Join(os.Remove(p.pending), durable.Sync(filepath.Dir(exe)))
 	}
@@ -400,20 +399,32 @@ func Begin(exe string) (*Trial, error) {
 	return t, nil
 }
 
+// readPending reads the pending update (an error wrapping os.ErrNotExist when there is none)
+// and reports whether its binary is the one in place, i.e. whether Apply got to its last step.
+func readPending(p paths) (pend Pending, installed bool, err error) {
+	if err := readJSON(p.pending, &pend); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return pend, false, err
+		}
+		return pend, false, fmt.Errorf("pending update %s unreadable (%v)", p.pending, err)
+	}
+	sum, err := fileSHA256(p.exe)
+	return pend, err == nil && sum == pend.SHA256, nil
+}
+
 // Guard counts a start of exe by the service manager. It is run by the previous binary
 // before every start (the unit's ExecStartPre): with a pending update whose binary is in
 // place, it counts the start durably, and after MaxStarts unconfirmed ones it restores the
 // previous binary and returns a Result saying so. Without a pending update it does nothing.
 func Guard(exe string) (*Result, error) {
 	p := pathsOf(exe)
-	var pend Pending
-	if err := readJSON(p.pending, &pend); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("pending update %s unreadable (%v): the new binary's start settles it", p.pending, err)
-	}
-	if sum, err := fileSHA256(exe); err != nil || sum != pend.SHA256 {
+	pend, installed, err := readPending(p)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("%v: the new binary's start settles it", err)
+	case !installed:
 		return nil, nil // the update never took place; Begin removes the file
 	}
 	pend.GuardStarts++
