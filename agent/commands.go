@@ -17,10 +17,8 @@ import (
 	"github.com/edge-agent/edge-agent/agent/command"
 	"github.com/edge-agent/edge-agent/agent/config"
 	"github.com/edge-agent/edge-agent/agent/deploy"
-	"github.com/edge-agent/edge-agent/agent/health"
 	"github.com/edge-agent/edge-agent/agent/result"
 	"github.com/edge-agent/edge-agent/agent/state"
-	"github.com/edge-agent/edge-agent/internal/boltcheck"
 	"github.com/edge-agent/edge-agent/models/sign"
 )
 
@@ -51,19 +49,17 @@ func (a *Agent) startCommands() error {
 	f := a.fleet
 	path := filepath.Join(a.cfg.StateDir, "state.db")
 	st, err := state.Open(path)
+	var recovered *state.Recovered
 	if errors.Is(err, state.ErrDamaged) {
-		// A damaged state file must not stop the agent: keep it for inspection, start a new
-		// one, and say so (the command ids it remembered are gone).
-		moved, rerr := boltcheck.MoveAside(path, time.Now())
-		if rerr != nil {
-			return fmt.Errorf("state store: %w (and %v)", err, rerr)
+		// A damaged state file must not stop the agent: keep it for inspection and start a
+		// new one with the command ids that can still be read from it.
+		moved, merr := moveAside(a.log, "state store", path, err)
+		if merr != nil {
+			return merr
 		}
-		a.log.Error("state store damaged: moved aside, starting a new one", "file", path, "moved_to", moved, "err", err)
-		a.health.Set(health.Condition{Code: "state-damaged", Severity: health.Warning, Component: "commands",
-			Message: fmt.Sprintf("the state file was damaged and moved to %s; the command ids it remembered are forgotten (inspect or delete it)", moved)})
-		f.emit(result.Event{Type: "state.damaged", Severity: "warning", Component: "commands",
-			Message: "the state file was damaged and moved aside; a new one was started", Data: map[string]any{"moved_to": moved}})
-		st, err = state.Open(path)
+		var rec state.Recovered
+		st, rec, err = state.Salvage(path, moved)
+		recovered = &rec
 	}
 	if err != nil {
 		return fmt.Errorf("state store: %w", err)
@@ -80,6 +76,21 @@ func (a *Agent) startCommands() error {
 	}
 	if clock.Warning != "" {
 		a.log.Warn(clock.Warning)
+	}
+	if recovered != nil {
+		msg := fmt.Sprintf("the state file was damaged and moved to %s; all %d command ids it remembered were kept. Check the disk (dmesg, SMART), then delete the moved file", recovered.From, recovered.IDs)
+		if !recovered.Whole {
+			// Fail closed: a replay of a command whose id was lost cannot be told apart, so
+			// nothing issued before now is taken.
+			now := time.Now()
+			if err := clock.RefuseBefore(now); err != nil {
+				st.Close()
+				return fmt.Errorf("commands: after a damaged state file: %w", err)
+			}
+			msg = fmt.Sprintf("the state file was damaged and moved to %s; %d command ids were read back, others were lost, so commands issued before %s are refused (issue them again). Check the disk (dmesg, SMART), then delete the moved file",
+				recovered.From, recovered.IDs, now.UTC().Format(time.RFC3339))
+		}
+		f.reportDamaged("state-damaged", "commands", msg, map[string]any{"moved_to": recovered.From, "salvage": recovered})
 	}
 	r, err := command.New(command.Options{
 		Clock:         clock,

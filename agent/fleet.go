@@ -27,7 +27,6 @@ import (
 	"github.com/edge-agent/edge-agent/agent/pipeline"
 	"github.com/edge-agent/edge-agent/agent/result"
 	"github.com/edge-agent/edge-agent/agent/state"
-	"github.com/edge-agent/edge-agent/internal/boltcheck"
 )
 
 // Stream names in the outbox and topic suffixes on the broker.
@@ -83,23 +82,17 @@ func openFleet(cfg *config.Config, log *slog.Logger, h *health.Tracker) (*fleet,
 		Logger:  log.With("part", "outbox"),
 	}
 	ob, err := outbox.Open(o.Path, opts)
-	var moved string
 	if errors.Is(err, outbox.ErrDamaged) {
 		// A damaged file must not keep the agent from serving (and storing new results):
-		// keep it for inspection under another name and start a new one.
-		var rerr error
-		if moved, rerr = boltcheck.MoveAside(o.Path, time.Now()); rerr != nil {
-			return nil, fmt.Errorf("outbox: %w (and %v)", err, rerr)
+		// keep it for inspection under another name, start a new one and salvage into it.
+		if opts.SalvageFrom, err = moveAside(log, "outbox", o.Path, err); err != nil {
+			return nil, err
 		}
-		log.Error("outbox damaged: moved aside, starting a new one above the sequence numbers it gave out", "file", o.Path, "moved_to", moved, "err", err)
+		opts.Recognise = recognise
 		ob, err = outbox.Open(o.Path, opts)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("outbox: %w", err)
-	}
-	if moved != "" {
-		h.Set(health.Condition{Code: "outbox-damaged", Severity: health.Warning, Component: "outbox",
-			Message: fmt.Sprintf("the outbox file was damaged and moved to %s; results it held were not sent (inspect or delete it)", moved)})
 	}
 	st := ob.Stats()
 	rs := st.Streams[streamResults]
@@ -114,9 +107,8 @@ func openFleet(cfg *config.Config, log *slog.Logger, h *health.Tracker) (*fleet,
 		dropBase: rs.Dropped,
 		evq:      make(chan result.Event, eventQueue),
 	}
-	if moved != "" {
-		f.emit(result.Event{Type: "outbox.damaged", Severity: "warning", Component: "outbox",
-			Message: "the outbox file was damaged and moved aside; a new one was started", Data: map[string]any{"moved_to": moved}})
+	if sv := ob.SalvageReport(); sv != nil {
+		f.reportDamaged("outbox-damaged", "outbox", salvageMessage(sv), map[string]any{"moved_to": sv.From, "salvage": sv})
 	}
 	lc, err := linkConfig(cfg)
 	if err == nil {
@@ -140,6 +132,20 @@ func openFleet(cfg *config.Config, log *slog.Logger, h *health.Tracker) (*fleet,
 		return nil, err
 	}
 	return f, nil
+}
+
+// salvageMessage says what became of a damaged outbox's records.
+func salvageMessage(sv *outbox.Salvage) string {
+	lost, known := sv.Lost(streamResults)
+	loss := fmt.Sprintf("%d could not be read", lost)
+	switch {
+	case !known:
+		loss = "how many could not be read is not known (its counters were lost)"
+	case sv.Whole && lost == 0:
+		loss = "none was lost"
+	}
+	return fmt.Sprintf("the outbox file was damaged and moved to %s: %d results and %d events were salvaged into the new one and are sent with their own sequence numbers; %s. Check the disk (dmesg, SMART), then delete the moved file",
+		sv.From, sv.Restored[streamResults], sv.Restored[streamEvents], loss)
 }
 
 // linkConfig maps the YAML settings onto the link's; link.New validates them and names the

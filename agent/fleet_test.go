@@ -292,17 +292,22 @@ func tail(s string, n int) string {
 
 // The audit's crash loops: an outbox truncated to 200,000 bytes and a state.db truncated to
 // 10,000 bytes faulted or panicked on every start. Now the agent starts and serves, both files
-// are moved aside with health conditions naming them, and the new outbox's sequence numbers
-// continue above the ones the damaged file gave out.
+// are moved aside with health conditions naming them, the results still readable in the
+// damaged outbox reach the fleet with their own sequence numbers and content, new ones are
+// numbered above everything the damaged file gave out, and a command issued before the
+// state store was recovered is refused (its id may be among those lost).
 func TestTruncatedOutboxAndStateDoNotStopTheAgent(t *testing.T) {
 	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{})
 	con := newConsole(t, broker.URL)
+	sub := mqtttest.NewConsumer(t, broker.URL, "edge/fleet-5/results", "edge/fleet-5/events")
 	state := t.TempDir()
-	yml := `
+	head := `
 device: fleet-5
 state_dir: ` + state + `
 ` + con.keys() + `
 mqtt: {broker: ` + broker.URL + `, backoff_min: 50ms, backoff_max: 200ms}
+`
+	yml := head + `
 sources:
   - {name: sweep, kind: synthetic, rate: 500, synthetic: {wave: sine, phase: true, offset: -3.14159}}
 models:
@@ -311,12 +316,23 @@ models:
 	lastSeq := func(r *running) uint64 {
 		return r.a.FleetStats()["outbox"].(outbox.Stats).Streams["results"].LastSeq
 	}
-	r := start(t, yml)
-	waitFor(t, "2,000 results in the outbox", func() bool { return lastSeq(r) >= 2000 })
+	// A command, so that the state store holds an id; then, with no broker to reach, 2,000
+	// results that nobody has received.
+	online := func(r *running) {
+		mqtttest.WaitFor(t, 20*time.Second, "the agent online", func() bool {
+			return strings.Contains(fmt.Sprint(r.a.FleetStats()["mqtt"]), "online")
+		})
+	}
+	r := start(t, head)
+	online(r)
 	con.send("edge/fleet-5/cmd", con.cmd("p1", "ping", ""))
-	con.final("p1") // the state store holds an id
+	con.final("p1")
+	r.stop()
+	r = start(t, strings.Replace(yml, broker.URL, "tcp://127.0.0.1:1", 1)) // nothing listens there
+	waitFor(t, "2,000 results in the outbox", func() bool { return lastSeq(r) >= 2000 })
 	r.stop()
 	before := lastSeq(r)
+	stored := storedResults(t, filepath.Join(state, "outbox.db"))
 	for file, size := range map[string]int64{"outbox.db": 200_000, "state.db": 10_000} {
 		p := filepath.Join(state, file)
 		m, err := boltcheck.Preflight(p)
@@ -329,6 +345,8 @@ models:
 			t.Fatal(err)
 		}
 	}
+	early := con.cmd("p0", "ping", "") // issued before the recovery
+	var old func() int
 
 	r = start(t, yml)
 	waitFor(t, "results stored in the new outbox", func() bool { return lastSeq(r) > before+10 })
@@ -339,12 +357,75 @@ models:
 			t.Errorf("%s: condition %+v (%v), moved files %v; want one moved file named in the condition", code, c, ok, moved)
 		}
 	}
-	first := r.a.FleetStats()["outbox"].(outbox.Stats).Streams["results"]
-	if first.LastSeq-first.Appended < before {
-		t.Errorf("the new outbox gave out sequences from %d; the damaged one had reached %d", first.LastSeq-first.Appended+1, before)
+	var salvaged int
+	waitFor(t, "the outbox.damaged event", func() bool {
+		for _, e := range sub.Records("events", "fleet-5") {
+			var ev struct {
+				Type string
+				Data struct {
+					Salvage outbox.Salvage
+				}
+			}
+			if json.Unmarshal(e, &ev) == nil && ev.Type == "outbox.damaged" {
+				salvaged = ev.Data.Salvage.Restored["results"]
+				return true
+			}
+		}
+		return false
+	})
+	if salvaged == 0 || salvaged >= len(stored) {
+		t.Errorf("%d results salvaged of the %d the outbox held before it was cut in half", salvaged, len(stored))
+	}
+	old = func() (n int) {
+		for seq := range before {
+			if _, ok := sub.Record("results", "fleet-5", seq+1); ok {
+				n++
+			}
+		}
+		return n
+	}
+	waitFor(t, fmt.Sprintf("the %d salvaged results at the fleet", salvaged), func() bool { return old() >= salvaged })
+	for seq := range before {
+		got, ok := sub.Record("results", "fleet-5", seq+1)
+		if !ok {
+			continue
+		}
+		var a, b map[string]any
+		json.Unmarshal(got, &a)
+		json.Unmarshal(stored[seq+1], &b)
+		delete(a, "seq")
+		if !reflect.DeepEqual(a, b) {
+			t.Errorf("result %d reached the fleet as %s; the outbox had stored %s", seq+1, got, stored[seq+1])
+			break
+		}
+	}
+	if n := old(); n != salvaged || sub.Duplicates("results", "fleet-5") != 0 {
+		t.Errorf("%d results at or below %d reached the fleet, %d salvaged; %d sent twice", n, before, salvaged, sub.Duplicates("results", "fleet-5"))
+	}
+	online(r)
+	con.send("edge/fleet-5/cmd", early)
+	if rs := con.final("p0"); rs[len(rs)-1]["status"] != "failed" || !strings.Contains(fmt.Sprint(rs[len(rs)-1]["reason"]), "lost the command ids") {
+		t.Errorf("a command issued before the state store was recovered: %v; want it refused", rs)
 	}
 	con.send("edge/fleet-5/cmd", con.cmd("p2", "ping", ""))
 	if rs := con.final("p2"); rs[len(rs)-1]["status"] != "done" {
 		t.Errorf("commands after the state store was replaced: %v", rs)
 	}
+}
+
+// storedResults reads every result an outbox file holds, by sequence number (through bbolt,
+// as the agent does, not through the salvage's reader).
+func storedResults(t *testing.T, path string) map[uint64][]byte {
+	t.Helper()
+	o, err := outbox.Open(path, outbox.Options{Streams: map[string]outbox.Caps{"results": {}}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	out := map[uint64][]byte{}
+	_, err = o.Stream("results").Read(t.Context(), 0, 1<<20, 1<<30, func(seq uint64, d []byte) { out[seq] = bytes.Clone(d) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

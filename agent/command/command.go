@@ -137,8 +137,11 @@ type Options struct {
 	// (agent/state's command clock): High is read before the expiry check, which then judges
 	// by the later of Now and High minus MaxSkew, so a device clock set back cannot make an
 	// expired command (whose id is forgotten) valid again; Advance records each command taken.
+	// A command issued before NotBefore is refused: the ids remembered until then were lost
+	// (a damaged state file), so a replay of it could not be told apart.
 	Clock interface {
 		High() time.Time
+		NotBefore() time.Time
 		Advance(issued time.Time) error
 	}
 	// MaxBytes bounds a message (default 64 KiB).
@@ -402,6 +405,14 @@ func (r *Router) check(payload []byte) (c Command, ok bool) {
 		r.refuse(c.ID, c.Type, fmt.Sprintf("command expired at %s (agent time %s): issue a new one with a later expires, and check the clocks",
 			c.Expires.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339)))
 		return c, false
+	}
+	if r.opt.Clock != nil {
+		if nb := r.opt.Clock.NotBefore(); c.IssuedAt.Before(nb) {
+			r.expired.Add(1)
+			r.refuse(c.ID, c.Type, fmt.Sprintf("command issued at %s, before %s, when this device lost the command ids it remembered (a damaged state file): a replay of it cannot be told apart, so issue it again",
+				c.IssuedAt.UTC().Format(time.RFC3339), nb.UTC().Format(time.RFC3339)))
+			return c, false
+		}
 	}
 	seen, err := r.opt.Remember(c.ID, c.Expires)
 	if err != nil {

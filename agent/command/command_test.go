@@ -573,11 +573,12 @@ func TestRefusalsRateLimited(t *testing.T) {
 
 // memClock is an in-memory command clock, standing in for agent/state's file.
 type memClock struct {
-	mu   sync.Mutex
-	high time.Time
+	mu        sync.Mutex
+	high, not time.Time
 }
 
-func (c *memClock) High() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.high }
+func (c *memClock) High() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.high }
+func (c *memClock) NotBefore() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.not }
 func (c *memClock) Advance(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -616,4 +617,18 @@ func TestClockSetBackCannotReplay(t *testing.T) {
 			h.want(t, "old", StatusAccepted, "") // the hole the command clock closes
 		}
 	}
+}
+
+// After the ids were lost (a damaged state file), a command issued before the loss is refused
+// even with a new id's look of a first delivery: its replay cannot be told apart. One issued
+// after runs.
+func TestCommandsIssuedBeforeALossAreRefused(t *testing.T) {
+	testenv.NoGoroutineLeaks(t)
+	c := &memClock{not: t0.Add(10 * time.Minute)}
+	h := newT(t, Options{Handlers: map[string]Handler{"echo": echo}, Clock: c})
+	h.clock.Advance(20 * time.Minute)
+	h.r.Handle(cmdAt("before", "echo", `{}`, t0.Add(5*time.Minute), t0.Add(time.Hour)))
+	h.want(t, "before", StatusFailed, "lost the command ids")
+	h.r.Handle(cmdAt("after", "echo", `{}`, t0.Add(15*time.Minute), t0.Add(time.Hour)))
+	h.want(t, "after", StatusAccepted, "")
 }

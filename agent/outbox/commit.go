@@ -168,13 +168,7 @@ func (o *Outbox) commit(batch []*op) {
 	if wrote {
 		o.commits.Add(1)
 	}
-	for i := range t.ws {
-		if w := &t.ws[i]; w.loaded {
-			s := o.list[i]
-			s.st = w.st
-			s.publish(w.added)
-		}
-	}
+	t.publish()
 	if o.leaseDue() && time.Now().After(o.leaseRetry) {
 		if err := o.renewLeases(); err != nil {
 			o.leaseRetry = time.Now().Add(10 * time.Second) // a full disk: say so every 10 s, not every commit
@@ -253,6 +247,12 @@ func (t *txn) apply(batch []*op) error {
 			}
 		}
 	}
+	return t.persist()
+}
+
+// persist writes the counters of the streams the transaction changed (errNoWrite when it
+// changed nothing).
+func (t *txn) persist() error {
 	if !t.wrote {
 		return errNoWrite
 	}
@@ -265,6 +265,18 @@ func (t *txn) apply(batch []*op) error {
 		}
 	}
 	return nil
+}
+
+// publish makes a committed transaction's stream states the streams' own, and wakes
+// readers of those it added records to.
+func (t *txn) publish() {
+	for i := range t.ws {
+		if w := &t.ws[i]; w.loaded {
+			s := t.o.list[i]
+			s.st = w.st
+			s.publish(w.added)
+		}
+	}
 }
 
 func (t *txn) append(op *op) error {

@@ -111,6 +111,16 @@ type Options struct {
 	// Logger receives compactions and failures (default slog.Default()).
 	Logger *slog.Logger
 
+	// SalvageFrom names a damaged outbox file (moved aside): Open stores the records it can
+	// read from it in the new file, under their own sequence numbers (salvage.go), and
+	// SalvageReport says what it found.
+	SalvageFrom string
+	// Recognise, for a salvage, names the stream a record's data belongs to, or "" when it is
+	// not a record (damaged). It places records found outside the file's tree and checks the
+	// others (one it gives another stream is skipped). nil: the tree's records are taken
+	// unchecked and the others are lost.
+	Recognise func(data []byte) string
+
 	// For tests: housekeeping period (default 1 s), least time between compaction checks
 	// (default 5 s), wait for the file lock (default 2 s).
 	tick, compactEvery, lockTimeout time.Duration
@@ -160,6 +170,7 @@ type Outbox struct {
 	leased     map[string]uint64 // the sequence lease (seqlease.go); committer-owned after Open
 	leaseRetry time.Time         // after a failed renewal, when to try again
 	fresh      bool              // the file was new (or empty) at Open
+	salvaged   *Salvage          // what Open salvaged from Options.SalvageFrom
 
 	streams map[string]*Stream
 	list    []*Stream // by index, in name order
@@ -262,6 +273,10 @@ func Open(path string, opt Options) (*Outbox, error) {
 		}
 		db.Close()
 		return nil, err
+	}
+	if opt.SalvageFrom != "" {
+		rep := o.salvage(opt.SalvageFrom)
+		o.salvaged = &rep
 	}
 	if created {
 		// bbolt fsyncs the file, not its directory entry: without this a power cut could
@@ -429,6 +444,9 @@ func (o *Outbox) Close() error {
 	// page touched). After a crash the walk is still there to rebuild it.
 	o.db.NoFreelistSync = false
 	serr := o.db.Update(func(*bolt.Tx) error { return nil })
+	if err := o.renewLeases(); err != nil { // the acknowledged marks as of now
+		o.log.Warn("outbox: could not renew the sequence lease at close", "file", o.path, "err", err)
+	}
 	err := o.db.Close()
 	o.db = nil
 	if err == nil && serr != nil {

@@ -26,6 +26,9 @@ const seqLeaseSchema = "edge-agent/outbox-seq/v1"
 type leaseFile struct {
 	Schema  string            `json:"schema"`
 	Streams map[string]uint64 `json:"streams"` // the last sequence given out when written
+	// Acked is, per stream, a sequence at or below which every record had been acknowledged
+	// or dropped when the file was written: a salvage does not send those again.
+	Acked map[string]uint64 `json:"acked,omitempty"`
 }
 
 func leasePath(path string) string { return path + ".seq.json" }
@@ -33,29 +36,44 @@ func leasePath(path string) string { return path + ".seq.json" }
 // readLeases returns the leased sequence of each stream (none when there is no file). A file
 // that cannot be read is an error: the caller cannot know how far the streams got.
 func readLeases(path string) (map[string]uint64, error) {
+	f, err := readLeaseFile(path)
+	return f.Streams, err
+}
+
+// readAcked returns the acknowledged marks of the lease file (none when it has none).
+func readAcked(path string) (map[string]uint64, error) {
+	f, err := readLeaseFile(path)
+	return f.Acked, err
+}
+
+func readLeaseFile(path string) (leaseFile, error) {
+	f := leaseFile{Streams: map[string]uint64{}}
 	b, err := os.ReadFile(leasePath(path))
 	if errors.Is(err, os.ErrNotExist) {
-		return map[string]uint64{}, nil
+		return f, nil
 	}
 	if err != nil {
-		return nil, err
+		return f, err
 	}
-	var f leaseFile
 	if err := json.Unmarshal(b, &f); err != nil || f.Schema != seqLeaseSchema {
-		return nil, fmt.Errorf("%s is not a sequence lease file (%v)", leasePath(path), err)
+		return leaseFile{}, fmt.Errorf("%s is not a sequence lease file (%v)", leasePath(path), err)
 	}
-	return f.Streams, nil
+	return f, nil
 }
 
 // renewLeases records every stream's last sequence (a stream not declared now keeps its
 // entry), and remembers them in o.leased.
 func (o *Outbox) renewLeases() error {
-	f := leaseFile{Schema: seqLeaseSchema, Streams: make(map[string]uint64, len(o.leased)+len(o.list))}
+	f := leaseFile{Schema: seqLeaseSchema, Streams: make(map[string]uint64, len(o.leased)+len(o.list)), Acked: map[string]uint64{}}
 	for name, v := range o.leased {
 		f.Streams[name] = v
 	}
 	for _, s := range o.list {
 		f.Streams[s.name] = max(s.st.last, o.leased[s.name])
+		f.Acked[s.name] = s.st.last
+		if s.st.count > 0 {
+			f.Acked[s.name] = s.st.first - 1
+		}
 	}
 	b, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {

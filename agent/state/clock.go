@@ -25,6 +25,7 @@ type Clock struct {
 	path string
 	mu   sync.Mutex
 	high time.Time
+	not  time.Time // NotBefore
 	// Warning is set when the file was damaged and its modification time stands in.
 	Warning string
 }
@@ -32,6 +33,8 @@ type Clock struct {
 type clockFile struct {
 	Schema   string    `json:"schema"`
 	IssuedAt time.Time `json:"issued_at"`
+	// NotBefore: commands issued before it are refused (the ids remembered then were lost).
+	NotBefore time.Time `json:"not_before,omitzero"`
 }
 
 // OpenClock reads the clock at path (none yet: the zero time). A damaged file does not stop
@@ -52,11 +55,44 @@ func OpenClock(path string) (*Clock, error) {
 			return nil, fmt.Errorf("command clock %s: %w", path, serr)
 		}
 		c.high = fi.ModTime().UTC()
-		c.Warning = fmt.Sprintf("command clock %s is damaged; its modification time %s stands in (it is rewritten with the next command)", path, c.high.Format(time.RFC3339))
+		// Its not_before is lost with it: the modification time stands in for that too, so
+		// commands issued before the file was last written are refused.
+		c.not = c.high
+		c.Warning = fmt.Sprintf("command clock %s is damaged; its modification time %s stands in, and commands issued before it are refused (it is rewritten with the next command)", path, c.high.Format(time.RFC3339))
 		return c, nil
 	}
-	c.high = f.IssuedAt
+	c.high, c.not = f.IssuedAt, f.NotBefore
 	return c, nil
+}
+
+// NotBefore is the time before which commands are refused (zero: none are).
+func (c *Clock) NotBefore() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.not
+}
+
+// RefuseBefore makes every command issued before t refused from now on, durably: the command
+// ids remembered until t were lost, so their replays could not be told apart.
+func (c *Clock) RefuseBefore(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !t.After(c.not) {
+		return nil
+	}
+	return c.write(c.high, t)
+}
+
+func (c *Clock) write(high, not time.Time) error {
+	b, err := json.Marshal(clockFile{Schema: ClockSchema, IssuedAt: high.UTC(), NotBefore: not.UTC()})
+	if err != nil {
+		return err
+	}
+	if err := durable.WriteFile(c.path, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("command clock %s: %w", c.path, err)
+	}
+	c.high, c.not = high, not
+	return nil
 }
 
 // High is the latest issued_at recorded.
@@ -73,13 +109,5 @@ func (c *Clock) Advance(issued time.Time) error {
 	if !issued.After(c.high) {
 		return nil
 	}
-	b, err := json.Marshal(clockFile{Schema: ClockSchema, IssuedAt: issued.UTC()})
-	if err != nil {
-		return err
-	}
-	if err := durable.WriteFile(c.path, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("command clock %s: %w", c.path, err)
-	}
-	c.high = issued
-	return nil
+	return c.write(issued, c.not)
 }

@@ -31,7 +31,7 @@ func TestCommandClock(t *testing.T) {
 	mt := time.Date(2026, 12, 3, 13, 0, 0, 0, time.UTC)
 	os.Chtimes(path, mt, mt)
 	c3, err := OpenClock(path)
-	if err != nil || !c3.High().Equal(mt) || !strings.Contains(c3.Warning, "damaged") {
+	if err != nil || !c3.High().Equal(mt) || !c3.NotBefore().Equal(mt) || !strings.Contains(c3.Warning, "damaged") {
 		t.Fatalf("damaged file: %v, high %v, warning %q; want the file's mtime %v and a warning", err, c3.High(), c3.Warning, mt)
 	}
 	if err := c3.Advance(mt.Add(time.Minute)); err != nil {
@@ -39,5 +39,21 @@ func TestCommandClock(t *testing.T) {
 	}
 	if c4, err := OpenClock(path); err != nil || c4.Warning != "" || !c4.High().Equal(mt.Add(time.Minute)) {
 		t.Fatalf("rewritten file: %v, %q, %v", err, c4.Warning, c4.High())
+	}
+}
+
+// RefuseBefore persists, only moves forward, and Advance keeps it.
+func TestClockRefuseBefore(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "command-clock.json")
+	c, _ := OpenClock(path)
+	t1 := time.Date(2026, 12, 4, 3, 0, 0, 0, time.UTC)
+	if err := c.RefuseBefore(t1); err != nil {
+		t.Fatal(err)
+	}
+	c.RefuseBefore(t1.Add(-time.Hour))
+	c.Advance(t1.Add(time.Minute))
+	c2, err := OpenClock(path)
+	if err != nil || !c2.NotBefore().Equal(t1) || !c2.High().Equal(t1.Add(time.Minute)) {
+		t.Fatalf("reopened: %v, not before %v, high %v; want %v and %v", err, c2.NotBefore(), c2.High(), t1, t1.Add(time.Minute))
 	}
 }

@@ -13,8 +13,9 @@ import (
 // the fault-injection audit's patterns: truncated at the extra sizes given and at fixed places
 // below the pages its meta page names (100 bytes, one page and a bit, three pages, half, one
 // page short, one byte short), one data page of random bytes (five pages, three seeds each),
-// and each meta page zeroed. Truncations are named "truncated ..."; every one of them loses
-// pages. The file must hold at least 20 pages.
+// each meta page zeroed, both zeroed, a file of random bytes and an empty file (which bbolt
+// takes as a new one). Truncations are named "truncated ..."; every one of them loses pages.
+// The file must hold at least 20 pages.
 func DamagedCopies(t testing.TB, path string, truncateAt ...int) map[string][]byte {
 	t.Helper()
 	good, err := os.ReadFile(path)
@@ -50,5 +51,15 @@ func DamagedCopies(t testing.TB, path string, truncateAt ...int) map[string][]by
 		clear(b[i*ps : (i+1)*ps])
 		cases[name+" meta page zeroed"] = b
 	}
+	both := append([]byte(nil), good...)
+	clear(both[:2*ps])
+	cases["both meta pages zeroed"] = both
+	random := make([]byte, len(good))
+	r := rand.New(rand.NewPCG(7, 7))
+	for i := range random {
+		random[i] = byte(r.IntN(256))
+	}
+	cases["random bytes"] = random
+	cases["zero length"] = []byte{}
 	return cases
 }
