@@ -115,9 +115,9 @@ func openFleet(cfg *config.Config, log *slog.Logger, h *health.Tracker) (*fleet,
 		f.link, err = link.New(lc, link.Options{
 			Logger: log.With("part", "mqtt"),
 			Streams: []link.Stream{
-				{Name: streamResults, Schema: "edge-agent/results/v1", Queue: f.results},
-				{Name: streamEvents, Schema: "edge-agent/events/v1", Queue: f.events},
-				{Name: streamSamples, Schema: "edge-agent/samples/v1", Queue: f.samples},
+				{Name: streamResults, Schema: "edge-agent/results/v1", Queue: f.results, Epoch: ob.Epoch()},
+				{Name: streamEvents, Schema: "edge-agent/events/v1", Queue: f.events, Epoch: ob.Epoch()},
+				{Name: streamSamples, Schema: "edge-agent/samples/v1", Queue: f.samples, Epoch: ob.Epoch()},
 			},
 			Status: f.statusJSON,
 			Commands: func(_ string, payload []byte) {
@@ -174,7 +174,7 @@ func linkConfig(cfg *config.Config) (link.Config, error) {
 // the result carries the sequence number the outbox gave it.
 func (f *fleet) sink() pipeline.Sink {
 	return pipeline.FuncSink(func(ctx context.Context, r *result.Result) error {
-		r.Seq = 0 // the link inserts the stored number when it sends the record
+		r.Seq, r.Epoch = 0, 0 // the link inserts them when it sends the record
 		data, err := json.Marshal(r)
 		if err != nil {
 			return fmt.Errorf("encode result: %w", err)
@@ -183,7 +183,7 @@ func (f *fleet) sink() pipeline.Sink {
 		if err != nil {
 			return fmt.Errorf("outbox: %w", err)
 		}
-		r.Seq = seq
+		r.Seq, r.Epoch = seq, f.ob.Epoch()
 		return nil
 	})
 }

@@ -394,6 +394,7 @@ models:
 		json.Unmarshal(got, &a)
 		json.Unmarshal(stored[seq+1], &b)
 		delete(a, "seq")
+		delete(a, "epoch")
 		if !reflect.DeepEqual(a, b) {
 			t.Errorf("result %d reached the fleet as %s; the outbox had stored %s", seq+1, got, stored[seq+1])
 			break
@@ -403,6 +404,9 @@ models:
 		t.Errorf("%d results at or below %d reached the fleet, %d salvaged; %d sent twice", n, before, salvaged, sub.Duplicates("results", "fleet-5"))
 	}
 	online(r)
+	if es := sub.Epochs("results", "fleet-5"); len(es) != 1 || es[0] == 0 {
+		t.Errorf("epochs %v; want the one the device's first start began (the lease kept it)", es)
+	}
 	con.send("edge/fleet-5/cmd", early)
 	if rs := con.final("p0"); rs[len(rs)-1]["status"] != "failed" || !strings.Contains(fmt.Sprint(rs[len(rs)-1]["reason"]), "lost the command ids") {
 		t.Errorf("a command issued before the state store was recovered: %v; want it refused", rs)

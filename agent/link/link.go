@@ -50,6 +50,9 @@ type Stream struct {
 	Name   string // "results", "events": a topic level and the envelope's array key
 	Schema string // envelope schema, e.g. "edge-agent/results/v1"
 	Queue  Queue
+	// Epoch, when not 0, goes into every record after its seq: the queue's numbering started
+	// again with no record of the numbers before, and (device, epoch, seq) is unique.
+	Epoch uint64
 }
 
 // Options are the link's collaborators.

@@ -70,18 +70,22 @@ type record struct {
 	data []byte
 }
 
-// spliceSeq copies a stored JSON object with "seq":seq inserted as its first member. The
-// outbox stores results without seq because the number is only known once stored. ok is
-// false when data is not one JSON object.
-func spliceSeq(seq uint64, data []byte) ([]byte, bool) {
+// spliceSeq copies a stored JSON object with "seq":seq (and "epoch":epoch when not 0)
+// inserted as its first members. The outbox stores results without them because the number
+// is only known once stored. ok is false when data is not one JSON object.
+func spliceSeq(seq, epoch uint64, data []byte) ([]byte, bool) {
 	data = bytes.TrimSpace(data)
 	if len(data) < 2 || data[0] != '{' || !json.Valid(data) {
 		return nil, false
 	}
 	rest := bytes.TrimSpace(data[1:])
-	out := make([]byte, 0, len(data)+24)
+	out := make([]byte, 0, len(data)+48)
 	out = append(out, `{"seq":`...)
 	out = strconv.AppendUint(out, seq, 10)
+	if epoch != 0 {
+		out = append(out, `,"epoch":`...)
+		out = strconv.AppendUint(out, epoch, 10)
+	}
 	if rest[0] != '}' {
 		out = append(out, ',')
 	}

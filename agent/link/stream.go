@@ -270,7 +270,7 @@ func (l *Link) read(ctx context.Context, st *stream, after uint64, out chan<- ba
 	add := func(seq uint64, data []byte) {
 		cursor = seq
 		r := record{seq: seq, size: len(data)}
-		if d, ok := spliceSeq(seq, data); ok {
+		if d, ok := spliceSeq(seq, st.Epoch, data); ok {
 			r.data = d
 		}
 		pend = append(pend, r)

@@ -30,6 +30,7 @@ const (
 var (
 	metaBucket = []byte("meta")
 	formatKey  = []byte("format")
+	epochKey   = []byte("epoch") // 8 bytes big-endian; absent for epoch 0 (seqlease.go)
 	errNoWrite = errors.New("outbox: nothing to write") // rolls back a transaction that changed nothing
 )
 
@@ -114,6 +115,11 @@ func (o *Outbox) load() error {
 			wrote = true
 		} else if f := meta.Get(formatKey); !bytes.Equal(f, []byte(formatVersion)) {
 			return notOurs(fmt.Sprintf("format %q, this agent reads format %s", f, formatVersion))
+		}
+		if err := o.loadEpoch(meta); err != nil {
+			return err
+		} else if o.epochChanged {
+			wrote = true
 		}
 		for _, s := range o.list {
 			b := tx.Bucket(s.bkt)

@@ -171,6 +171,12 @@ type Outbox struct {
 	leaseRetry time.Time         // after a failed renewal, when to try again
 	fresh      bool              // the file was new (or empty) at Open
 	salvaged   *Salvage          // what Open salvaged from Options.SalvageFrom
+	lease      leaseFile         // the lease file as Open found it
+	leaseKnown bool              // it was there and readable
+	// The numbering epoch (seqlease.go), set by Open; epochChanged: load must persist it.
+	epoch             uint64
+	epochNew          bool
+	epochChanged      bool
 
 	streams map[string]*Stream
 	list    []*Stream // by index, in name order
@@ -255,14 +261,15 @@ func Open(path string, opt Options) (*Outbox, error) {
 		o.streams[name] = s
 		o.list = append(o.list, s)
 	}
-	leases, err := readLeases(path)
+	lf, err := readLeaseFile(path)
 	if err != nil {
 		// Without it a replaced outbox could repeat sequence numbers; this one continues from
-		// its own, and a new lease is written below.
+		// its own (a new one starts a new epoch), and a new lease is written below.
 		opt.Logger.Warn("outbox: the sequence lease file is unreadable; sequence numbers continue from the outbox file", "file", path, "err", err)
-		leases = map[string]uint64{}
+		lf = leaseFile{Streams: map[string]uint64{}}
 	}
-	o.leased = leases
+	o.lease, o.leaseKnown = lf, err == nil && lf.Schema != ""
+	o.leased = lf.Streams
 	o.fresh = fresh
 	// Every page is read once (load walks them), faults and panics turned into errors.
 	if err := boltcheck.Guard(o.load); err != nil {

@@ -914,3 +914,58 @@ func TestSalvageRestoresReadableRecords(t *testing.T) {
 		t.Errorf("%d records restored over %d damage patterns; want at least half of what they held", total, len(cases))
 	}
 }
+
+// (epoch, seq) never repeats: a first outbox starts an epoch; restarts, a lost outbox file
+// (the lease file says where numbering got to) and a salvage keep it; losing the outbox and
+// its lease file together starts a new one, since nothing says which numbers were given out.
+func TestEpoch(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "o.db")
+	opt := Options{Logger: quiet, Streams: map[string]Caps{"results": {}}, lease: 64}
+	open := func(o Options) (*Outbox, uint64) {
+		t.Helper()
+		ob := openT(t, path, o, Caps{})
+		return ob, appendT(t, ob.Stream("results"), `{"schema":"x"}`)
+	}
+	o, _ := open(opt)
+	first := o.Epoch()
+	closeT(t, o)
+	if first == 0 || first > maxEpoch {
+		t.Fatalf("a first outbox: epoch %d; want one in 1..2^53-1", first)
+	}
+	o, seq := open(opt) // a restart
+	if o.Epoch() != first || seq != 2 {
+		t.Errorf("after a restart: epoch %d seq %d; want %d and 2", o.Epoch(), seq, first)
+	}
+	closeT(t, o)
+	os.Remove(path) // the outbox lost, its lease kept
+	o, seq = open(opt)
+	if o.Epoch() != first || seq <= 2 {
+		t.Errorf("a replaced outbox: epoch %d seq %d; want %d and above 2", o.Epoch(), seq, first)
+	}
+	closeT(t, o)
+	os.Remove(path)
+	os.Remove(leasePath(path)) // both lost: a new epoch
+	o, seq = open(opt)
+	second := o.Epoch()
+	if second == first || second == 0 || seq != 1 {
+		t.Errorf("outbox and lease lost: epoch %d seq %d; want a new epoch (not %d), numbering from 1", second, seq, first)
+	}
+	for range 5 {
+		appendT(t, o.Stream("results"), `{"schema":"x"}`)
+	}
+	closeT(t, o)
+	// The lease lost and the outbox damaged: the salvage keeps numbering in the damaged
+	// file's epoch, above its numbers, so salvaged records keep their keys.
+	os.Remove(leasePath(path))
+	os.Rename(path, path+".damaged")
+	o, seq = open(Options{Logger: quiet, Streams: map[string]Caps{"results": {}}, lease: 64, SalvageFrom: path + ".damaged",
+		Recognise: func([]byte) string { return "results" }})
+	if o.Epoch() != second || seq <= 6 || o.SalvageReport().Restored["results"] != 6 {
+		t.Errorf("salvaged without a lease: epoch %d seq %d, %+v; want epoch %d, seq above 6, 6 restored", o.Epoch(), seq, o.SalvageReport(), second)
+	}
+	closeT(t, o)
+	if o, _ = open(opt); o.Epoch() != second {
+		t.Errorf("the salvage's epoch was not kept: %d after a restart; want %d", o.Epoch(), second)
+	}
+}

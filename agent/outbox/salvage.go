@@ -67,6 +67,9 @@ func (o *Outbox) salvage(path string) Salvage {
 		batch []salvaged
 		size  int
 		high  = map[*Stream]uint64{} // the highest sequence the damaged file names, per stream
+		// The damaged file's epoch, when its meta bucket could be read.
+		oldEpoch uint64
+		metaRead bool
 	)
 	flush := func() error {
 		err := o.restore(batch, &rep)
@@ -107,6 +110,12 @@ func (o *Outbox) salvage(path string) Salvage {
 		},
 		Pair: func(p [][]byte, k, v []byte) error {
 			if len(p) == 1 && bytes.Equal(p[0], metaBucket) {
+				switch {
+				case bytes.Equal(k, formatKey):
+					metaRead = true
+				case bytes.Equal(k, epochKey) && len(v) == 8:
+					oldEpoch = binary.BigEndian.Uint64(v)
+				}
 				var st streamState
 				if s := stream(k); s != nil && st.decode(v) == nil {
 					if rep.Held == nil {
@@ -135,6 +144,11 @@ func (o *Outbox) salvage(path string) Salvage {
 	r, err := boltcheck.Read(path, v)
 	if err == nil {
 		err = flush()
+	}
+	if err == nil && o.epochNew && metaRead && oldEpoch != o.epoch {
+		// No lease said which epoch the damaged file numbered in, but its meta bucket does:
+		// keep numbering in it (above its numbers), so the salvaged records keep their keys.
+		err = o.setEpoch(oldEpoch)
 	}
 	if err == nil {
 		err = o.raiseSequences(high)
@@ -230,6 +244,20 @@ func (o *Outbox) raiseSequences(high map[*Stream]uint64) error {
 			return nil
 		})
 	})
+}
+
+func (o *Outbox) setEpoch(epoch uint64) error {
+	prev := o.epoch
+	o.epoch = epoch
+	err := guard(func() error {
+		return o.db.Update(func(tx *bolt.Tx) error { return o.putEpoch(tx.Bucket(metaBucket)) })
+	})
+	if err != nil {
+		o.epoch = prev
+		return err
+	}
+	o.log.Info("outbox: numbering continues in the damaged file's epoch", "file", o.path, "epoch", epoch)
+	return nil
 }
 
 // SalvageReport returns what Open salvaged from Options.SalvageFrom (nil without one).

@@ -17,7 +17,10 @@ type Result struct {
 	Variant string `json:"variant,omitempty"`
 	// Seq is assigned by the sink that stores the result (per device, increasing). It is
 	// omitted while zero: the outbox stores records without it and the link inserts it.
-	Seq       uint64    `json:"seq,omitempty"`
+	Seq uint64 `json:"seq,omitempty"`
+	// Epoch is the outbox's numbering epoch when not 0 (a numbering that started again with
+	// no record of the one before): (device, epoch, seq) is unique.
+	Epoch     uint64    `json:"epoch,omitempty"`
 	TS        time.Time `json:"ts"`
 	LatencyUS int64     `json:"latency_us"`
 	Source    string    `json:"source,omitempty"`
@@ -61,8 +64,11 @@ const EventSchema = "edge-agent/event/v1"
 // condition set or cleared, a model version installed or rolled back, results dropped by the
 // outbox's caps. Events travel through the outbox like results, on their own stream.
 type Event struct {
-	Schema    string    `json:"schema"`
-	Seq       uint64    `json:"seq,omitempty"`
+	Schema string `json:"schema"`
+	Seq    uint64 `json:"seq,omitempty"`
+	// Epoch is the outbox's numbering epoch when not 0 (a numbering that started again with
+	// no record of the one before): (device, epoch, seq) is unique.
+	Epoch     uint64    `json:"epoch,omitempty"`
 	Device    string    `json:"device"`
 	TS        time.Time `json:"ts"`
 	Type      string    `json:"type"`     // health.set, health.cleared, deploy.<type>, outbox.dropped, agent.started, agent.stopping

@@ -816,7 +816,7 @@ func cmdWatch(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	last := map[string]uint64{} // stream/device → highest seq printed: resent records are skipped
+	last := map[string]uint64{} // stream/device/epoch → highest seq printed: resent records are skipped
 	n := 0
 	for {
 		select {
@@ -830,10 +830,11 @@ func cmdWatch(args []string, stdout, stderr io.Writer) error {
 			}
 			for _, rec := range recs {
 				var head struct {
-					Seq uint64 `json:"seq"`
+					Seq   uint64 `json:"seq"`
+					Epoch uint64 `json:"epoch"` // a new epoch numbers from 1 again
 				}
 				json.Unmarshal(rec, &head)
-				key := b.stream + "/" + dev
+				key := fmt.Sprintf("%s/%s/%d", b.stream, dev, head.Epoch)
 				if l, ok := last[key]; ok && head.Seq <= l {
 					continue
 				}

@@ -1,11 +1,12 @@
 // Package mqtttest is the fleet side of the project's MQTT tests: a consumer that subscribes
 // the way a real fleet console does (persistent session, QoS 1) and collects what devices
-// send, by (device, seq). It imports paho directly because it stands outside the agent; only
+// send, by (device, epoch, seq). It imports paho directly because it stands outside the agent; only
 // tests import it (internal/depcheck checks that no binary does).
 package mqtttest
 
 import (
 	"bytes"
+	"cmp"
 	"compress/gzip"
 	"encoding/json"
 	"fmt"
@@ -27,7 +28,8 @@ type Consumer struct {
 	t      testing.TB
 	c      mqtt.Client
 	mu     sync.Mutex
-	recs   map[string]map[uint64]json.RawMessage // stream/device → seq → record
+	recs   map[string]map[key]json.RawMessage // stream/device → (epoch, seq) → record
+	epochs map[string][]uint64                // stream/device → epochs in the order first seen
 	dups   map[string]int
 	redel  map[string]int
 	msgs   int
@@ -45,7 +47,7 @@ func NewConsumer(t testing.TB, broker string, topics ...string) *Consumer {
 // NewConsumerAs is NewConsumer logged in as user with password (for brokers with ACLs).
 func NewConsumerAs(t testing.TB, broker, user, password string, topics ...string) *Consumer {
 	t.Helper()
-	k := &Consumer{t: t, recs: map[string]map[uint64]json.RawMessage{}, dups: map[string]int{}, redel: map[string]int{}, status: map[string]json.RawMessage{}, topics: map[string]int{}}
+	k := &Consumer{t: t, recs: map[string]map[key]json.RawMessage{}, epochs: map[string][]uint64{}, dups: map[string]int{}, redel: map[string]int{}, status: map[string]json.RawMessage{}, topics: map[string]int{}}
 	opts := mqtt.NewClientOptions().AddBroker(broker).SetClientID(fmt.Sprintf("consumer-%08x", rand.Uint32())).SetUsername(user).SetPassword(password).
 		SetCleanSession(false).SetAutoReconnect(true).SetMaxReconnectInterval(200 * time.Millisecond).
 		SetOnConnectHandler(func(c mqtt.Client) {
@@ -117,27 +119,31 @@ func (k *Consumer) handle(_ mqtt.Client, m mqtt.Message) {
 		k.t.Errorf("%s message from %s says count %d but holds %d records", stream, env.Device, env.Count, len(recs))
 	}
 	k.msgs++
-	key := stream + "/" + env.Device
-	if k.recs[key] == nil {
-		k.recs[key] = map[uint64]json.RawMessage{}
+	name := stream + "/" + env.Device
+	if k.recs[name] == nil {
+		k.recs[name] = map[key]json.RawMessage{}
 	}
 	for _, r := range recs {
-		var s struct{ Seq uint64 }
+		var s struct{ Seq, Epoch uint64 }
 		if json.Unmarshal(r, &s) != nil || s.Seq == 0 {
 			k.t.Errorf("%s record without seq from %s: %.200s", stream, env.Device, r)
 			continue
 		}
-		if _, ok := k.recs[key][s.Seq]; ok {
+		if !slices.Contains(k.epochs[name], s.Epoch) {
+			k.epochs[name] = append(k.epochs[name], s.Epoch)
+		}
+		id := key{s.Epoch, s.Seq}
+		if _, ok := k.recs[name][id]; ok {
 			// A message the broker itself delivers again (its DUP flag set: our PUBACK to it
 			// was lost, e.g. in a broker restart) is the broker's repeat, not the device's.
 			if m.Duplicate() {
-				k.redel[key]++
+				k.redel[name]++
 			} else {
-				k.dups[key]++
+				k.dups[name]++
 			}
 			continue
 		}
-		k.recs[key][s.Seq] = r
+		k.recs[name][id] = r
 	}
 }
 
@@ -148,12 +154,33 @@ func (k *Consumer) RawCount(topic string) int {
 	return k.topics[topic]
 }
 
-// Record returns the record with seq from a device's stream ("results", "events" or "samples").
+// key identifies a record of a device's stream: (epoch, seq) never repeats (docs/results.md).
+type key struct{ epoch, seq uint64 }
+
+// Record returns the record with seq from a device's stream ("results", "events" or
+// "samples"), in the latest epoch that has one.
 func (k *Consumer) Record(stream, device string, seq uint64) (json.RawMessage, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	r, ok := k.recs[stream+"/"+device][seq]
-	return r, ok
+	return k.record(stream+"/"+device, seq)
+}
+
+func (k *Consumer) record(name string, seq uint64) (json.RawMessage, bool) {
+	es := k.epochs[name]
+	for i := len(es) - 1; i >= 0; i-- {
+		if r, ok := k.recs[name][key{es[i], seq}]; ok {
+			return r, true
+		}
+	}
+	return nil, false
+}
+
+// Epochs returns the numbering epochs of a device's stream in the order first seen (0 is the
+// first epoch, whose records carry none).
+func (k *Consumer) Epochs(stream, device string) []uint64 {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return slices.Clone(k.epochs[stream+"/"+device])
 }
 
 // Count is how many distinct records of a device's stream arrived.
@@ -169,26 +196,36 @@ func (k *Consumer) Missing(stream, device string, seqs []uint64) int {
 	defer k.mu.Unlock()
 	n := 0
 	for _, s := range seqs {
-		if _, ok := k.recs[stream+"/"+device][s]; !ok {
+		if _, ok := k.record(stream+"/"+device, s); !ok {
 			n++
 		}
 	}
 	return n
 }
 
-// Records returns a device's stream in seq order.
+// Records returns a device's stream by epoch (in the order first seen), then seq.
 func (k *Consumer) Records(stream, device string) []json.RawMessage {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	m := k.recs[stream+"/"+device]
-	out := make([]json.RawMessage, 0, len(m))
-	seqs := make([]uint64, 0, len(m))
-	for s := range m {
-		seqs = append(seqs, s)
+	name := stream + "/" + device
+	m := k.recs[name]
+	order := map[uint64]int{}
+	for i, e := range k.epochs[name] {
+		order[e] = i
 	}
-	slices.Sort(seqs)
-	for _, s := range seqs {
-		out = append(out, m[s])
+	ids := make([]key, 0, len(m))
+	for id := range m {
+		ids = append(ids, id)
+	}
+	slices.SortFunc(ids, func(a, b key) int {
+		if c := order[a.epoch] - order[b.epoch]; c != 0 {
+			return c
+		}
+		return cmp.Compare(a.seq, b.seq)
+	})
+	out := make([]json.RawMessage, 0, len(m))
+	for _, id := range ids {
+		out = append(out, m[id])
 	}
 	return out
 }
