@@ -221,8 +221,9 @@ func TestBundleRefusalsKeepTheOldVersionServing(t *testing.T) {
 
 // Anti-rollback follows the highest sequence ever installed, not the active version: after
 // a rollback, a replayed release newer than the active one but not newer than every release
-// installed is refused; the mark survives the versions being pruned and a restart; and a
-// damaged mark refuses every install (fail closed) until it is repaired.
+// installed is refused; the mark survives the versions being pruned and a restart; and with
+// a damaged mark the highest version still kept stands in: nothing at or below it installs,
+// a newer release does and rewrites the mark.
 func TestAntiRollbackHighWaterMark(t *testing.T) {
 	f := newFleet(t)
 	state := t.TempDir()
@@ -254,16 +255,23 @@ func TestAntiRollbackHighWaterMark(t *testing.T) {
 	if _, err := r.a.Deploy().InstallFile(ctx, v[4]); !errors.Is(err, deploy.ErrDowngrade) {
 		t.Errorf("replay of sequence 4 after a restart: %v; want ErrDowngrade", err)
 	}
-	// Damaged mark: no install at all, not even a newer release, and the error says why.
+	// Damaged mark: the kept versions (2, 3, 4) say 4.
 	r.stop()
-	os.WriteFile(filepath.Join(state, "models", "highest", "sin.json"), []byte("{garbage"), 0o640)
+	mark := filepath.Join(state, "models", "highest", "sin.json")
+	os.WriteFile(mark, []byte("{garbage"), 0o640)
 	r = startDeploy(t, f, state, 20)
-	v5 := f.Pack(t, bundleOpt{Version: "1.5.0", Seq: 5})
-	if _, err := r.a.Deploy().InstallFile(ctx, v5); !errors.Is(err, deploy.ErrDowngrade) || !strings.Contains(err.Error(), "damaged") {
-		t.Errorf("install with a damaged mark: %v; want a refusal naming the damaged file", err)
+	if _, err := r.a.Deploy().InstallFile(ctx, v[4]); !errors.Is(err, deploy.ErrDowngrade) {
+		t.Errorf("replay of sequence 4 with a damaged mark: %v; want ErrDowngrade against the kept versions", err)
 	}
 	if s := serving(r); s != "1.3.0" {
-		t.Errorf("serving %s with a damaged mark; want 1.3.0 still", s)
+		t.Errorf("serving %s after a refused replay; want 1.3.0 still", s)
+	}
+	v5 := f.Pack(t, bundleOpt{Version: "1.5.0", Seq: 5})
+	if _, err := r.a.Deploy().InstallFile(ctx, v5); err != nil {
+		t.Errorf("a newer release with a damaged mark: %v; want it installed", err)
+	}
+	if b, _ := os.ReadFile(mark); !strings.Contains(string(b), `"sequence": 5`) && !strings.Contains(string(b), `"sequence":5`) {
+		t.Errorf("mark after the install: %s; want it rewritten with sequence 5", b)
 	}
 }
 

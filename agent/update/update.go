@@ -162,7 +162,14 @@ type Floor struct {
 	Version      string    `json:"version"`
 	DowngradeSeq uint64    `json:"downgrade_seq"`
 	Updated      time.Time `json:"updated"`
+	// DowngradesLost: the floor was found damaged, so which downgrades were taken is not
+	// known and none is taken (fail closed) until the file is removed by hand. Kept across
+	// updates.
+	DowngradesLost bool `json:"downgrades_lost,omitempty"`
 }
+
+// errFloorDamaged: the floor file is there but not a floor (torn, or another schema).
+var errFloorDamaged = errors.New("damaged")
 
 // Result is the outcome of the last update.
 type Result struct {
@@ -288,26 +295,38 @@ func Apply(ctx context.Context, bin io.Reader, sig []byte, wantSHA256 string, op
 	return pend, durable.Sync(filepath.Dir(opt.Exe))
 }
 
-// ReadFloor returns exe's version floor (the zero Floor when no update was ever confirmed).
+// ReadFloor returns exe's version floor (the zero Floor when no update was ever confirmed). A
+// damaged file gives a Floor with DowngradesLost and an error wrapping errFloorDamaged.
 func ReadFloor(exe string) (Floor, error) {
 	var f Floor
-	err := readJSON(pathsOf(exe).floor, &f)
-	if errors.Is(err, os.ErrNotExist) {
+	b, err := os.ReadFile(pathsOf(exe).floor)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
 		return Floor{}, nil
+	case err != nil:
+		return Floor{}, err
 	}
-	if err == nil && f.Schema != FloorSchema {
-		err = fmt.Errorf("schema %q, want %q", f.Schema, FloorSchema)
+	if err := json.Unmarshal(b, &f); err != nil {
+		return Floor{DowngradesLost: true}, fmt.Errorf("%w: %v", errFloorDamaged, err)
 	}
-	return f, err
+	if f.Schema != FloorSchema {
+		return Floor{DowngradesLost: true}, fmt.Errorf("%w: schema %q, want %q", errFloorDamaged, f.Schema, FloorSchema)
+	}
+	return f, nil
 }
 
 // checkFloor refuses a binary whose version is not above both the running version and the
-// floor, unless it is signed as a downgrade above every downgrade taken. An unreadable floor
-// refuses every update (fail closed).
+// floor, unless it is signed as a downgrade above every downgrade taken. A damaged floor
+// leaves the running version as the floor and refuses every downgrade (which were taken is
+// lost); a floor that cannot be read at all refuses every update (fail closed).
 func checkFloor(p paths, running string, signed Signed) error {
 	fl, err := ReadFloor(p.exe)
-	if err != nil {
-		return fmt.Errorf("the version floor %s cannot be read (%v), so no update is taken: if the file is damaged, remove it by hand (the running version is then the floor)", p.floor, err)
+	if err != nil && !errors.Is(err, errFloorDamaged) {
+		return fmt.Errorf("the version floor %s cannot be read (%v), so no update is taken: fix its permissions or the disk", p.floor, err)
+	}
+	if signed.Downgrade > 0 && fl.DowngradesLost {
+		return fmt.Errorf("it is signed as downgrade %d, but the version floor %s was found damaged, so which downgrades this device took is not known: no downgrade is taken until the file is removed by hand (upgrades above %s still are)",
+			signed.Downgrade, p.floor, running)
 	}
 	if signed.Downgrade > 0 {
 		if signed.Downgrade <= fl.DowngradeSeq {
@@ -443,8 +462,9 @@ func Guard(exe string) (*Result, error) {
 // Confirm records that the new binary is ready: the update is done, and its version (and
 // downgrade sequence) becomes the floor.
 func (t *Trial) Confirm() error {
-	fl, _ := ReadFloor(t.p.exe) // an unreadable floor (Apply refused it) is replaced whole
-	fl = Floor{Schema: FloorSchema, Version: t.Pending.Version, DowngradeSeq: max(fl.DowngradeSeq, t.Pending.Downgrade), Updated: time.Now().UTC()}
+	fl, _ := ReadFloor(t.p.exe) // a damaged floor comes back with DowngradesLost, kept below
+	fl = Floor{Schema: FloorSchema, Version: t.Pending.Version, DowngradeSeq: max(fl.DowngradeSeq, t.Pending.Downgrade), Updated: time.Now().UTC(),
+		DowngradesLost: fl.DowngradesLost}
 	if err := writeJSON(t.p.floor, fl); err != nil {
 		return fmt.Errorf("record the version floor: %w", err)
 	}

@@ -621,7 +621,8 @@ func TestSelfUpdateConfirmsOnlyWithTheFleet(t *testing.T) {
 
 // The version floor: a binary at or below the running version, or below the last confirmed
 // one, is refused unless signed as a downgrade; a downgrade is taken once (a replay is
-// refused); an unreadable floor refuses everything.
+// refused); a damaged floor refuses every downgrade (agent/update TestDamagedFloorFailsClosed
+// has the rest).
 func TestSelfUpdateVersionFloor(t *testing.T) {
 	k := newUpdateKit(t)
 	v1 := k.build(t, "1.0.0", "")
@@ -693,7 +694,7 @@ func TestSelfUpdateVersionFloor(t *testing.T) {
 	floor := filepath.Join(filepath.Dir(exe), ".edge-agent.update-floor.json")
 	good := must(os.ReadFile(floor))
 	os.WriteFile(floor, []byte("{not json"), 0o644)
-	refused("any binary with a damaged floor", down2, "the version floor")
+	refused("a downgrade with a damaged floor", down2, "found damaged")
 	os.WriteFile(floor, good, 0o644)
 	if out, err := update(down2); err != nil {
 		t.Fatalf("a new downgrade was refused: %v\n%s", err, out)

@@ -403,8 +403,10 @@ type highestMark struct {
 }
 
 // Highest returns the highest sequence ever installed for name (0 when none): the larger of
-// the persisted mark and the installed versions. An error means it cannot be known (the mark
-// is unreadable): callers must then refuse to install, not guess.
+// the persisted mark and the installed versions. A damaged mark (torn, or not this model's)
+// leaves the installed versions as the highest still known, with a warning; the next install
+// rewrites it. An error means the store could not be read: callers must then refuse to
+// install, not guess.
 func (s *Store) Highest(name string) (uint64, error) {
 	if err := checkName("model", name); err != nil {
 		return 0, err
@@ -425,7 +427,10 @@ func (s *Store) highest(name string) (uint64, error) {
 	default:
 		var m highestMark
 		if err := json.Unmarshal(b, &m); err != nil || m.Name != name {
-			return 0, fmt.Errorf("store: %s is damaged (%v): the highest sequence installed of %s is unknown", path, err, name)
+			// Fail closed on what is still known: nothing at or below a kept version installs.
+			s.log.Warn("store: the highest-sequence mark is damaged; the highest installed version still kept stands in (a pruned higher one could be installed again)",
+				"model", name, "file", path, "err", err)
+			break
 		}
 		hi = m.Sequence
 	}
