@@ -2,6 +2,7 @@ package link
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -53,7 +54,7 @@ func (l *Link) send(sctx context.Context, stopping <-chan struct{}, s *session, 
 	var pendingTok <-chan mqtt.Token
 	// Acknowledging the queue is a disk commit: it runs beside the sender, coalesced, so
 	// PUBACKs do not wait for fsyncs one by one.
-	ak := startAcker(sctx, st.Queue)
+	ak := startAcker(sctx, st.Queue, l.log.With("stream", st.Name))
 	timer := time.NewTimer(time.Hour)
 	defer func() {
 		timer.Stop()
@@ -85,11 +86,6 @@ func (l *Link) send(sctx context.Context, stopping <-chan struct{}, s *session, 
 			return nil
 		case <-stopping:
 			draining, stopping = true, nil
-		case err := <-ak.errc:
-			if sctx.Err() != nil {
-				return nil
-			}
-			return newError("queue", err, "acknowledge the %s queue: %v", st.Name, err)
 		case err := <-readErr:
 			readErr <- err // for the deferred wait
 			if sctx.Err() != nil {
@@ -185,19 +181,25 @@ func (l *Link) settle(sctx context.Context, st *stream, window []*inflight) {
 }
 
 // acker acknowledges the queue on its own goroutine, always through the highest seq it was
-// given: several PUBACKs that arrive during one commit share the next.
+// given: several PUBACKs that arrive during one commit share the next. A failed
+// acknowledgement (a full or failing disk) is retried every ackRetry and never ends the
+// connection: the records stay queued, so at worst they are sent again after a reconnect.
 type acker struct {
 	q       Queue
+	log     *slog.Logger
 	mu      sync.Mutex
 	through uint64 // highest seq to acknowledge; 0 when nothing is pending
 	wake    chan struct{}
 	quit    chan struct{}
 	done    chan struct{}
-	errc    chan error
+	failed  uint64    // acknowledgements failed since the last log line
+	logged  time.Time // when the last failure was logged
 }
 
-func startAcker(ctx context.Context, q Queue) *acker {
-	a := &acker{q: q, wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{}), errc: make(chan error, 1)}
+const ackRetry = time.Second
+
+func startAcker(ctx context.Context, q Queue, log *slog.Logger) *acker {
+	a := &acker{q: q, log: log, wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
 	go a.run(context.WithoutCancel(ctx))
 	return a
 }
@@ -229,8 +231,10 @@ func (a *acker) run(ctx context.Context) {
 			err := a.q.Ack(actx, through)
 			cancel()
 			if err != nil {
-				a.errc <- err
-				return
+				if !a.retry(through, err) {
+					return
+				}
+				continue
 			}
 		}
 		select {
@@ -241,6 +245,31 @@ func (a *acker) run(ctx context.Context) {
 		default:
 		}
 	}
+}
+
+// retry keeps through pending after a failed acknowledgement and waits ackRetry; false when
+// the acker is stopping (what is pending stays queued for the next connection).
+func (a *acker) retry(through uint64, err error) bool {
+	a.mu.Lock()
+	a.through = max(a.through, through)
+	a.mu.Unlock()
+	if a.failed++; time.Since(a.logged) >= 10*time.Second {
+		a.log.Warn("mqtt: acknowledging sent records in the outbox failed; retrying every second (they may be sent again after a reconnect)",
+			"through", through, "failures", a.failed, "err", err)
+		a.failed, a.logged = 0, time.Now()
+	}
+	t := time.NewTimer(ackRetry)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-a.quit:
+		return false
+	}
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+	return true
 }
 
 // stop acknowledges what is pending and waits for the goroutine.

@@ -128,6 +128,7 @@ func (o *Outbox) housekeep() {
 	}
 	o.maybeCompact(false)
 	o.releaseResident()
+	o.checkSpace()
 }
 
 // commit applies batch (and expiry, and parked appends that now fit) in one transaction,
@@ -159,9 +160,27 @@ func (o *Outbox) commit(batch []*op) {
 	}
 	if err != nil {
 		err = fmt.Errorf("outbox commit: %w", err)
-		o.log.Error("outbox: commit failed; the operations in it were refused", "file", o.path, "ops", len(t.taken), "err", err)
+		var acks []*op
+		retry := isNoSpace(err) && !o.full.Load()
+		if retry {
+			o.enterFull(err)
+		} else {
+			o.noteFailure(err, len(t.taken))
+		}
 		for _, op := range t.taken {
-			op.reply <- result{err: err}
+			switch {
+			case op.kind == opAck && retry:
+				// Tried again at once, alone: the released reserve is for them.
+				op.state.Store(opPending)
+				acks = append(acks, op)
+			case op.kind == opAppend:
+				op.reply <- result{err: op.s.refuseAppend(err)}
+			default:
+				op.reply <- result{err: err}
+			}
+		}
+		if len(acks) > 0 {
+			o.commit(acks)
 		}
 		return
 	}
@@ -286,6 +305,14 @@ func (t *txn) append(op *op) error {
 		return err
 	}
 	n := int64(len(op.val) - tsLen)
+	if t.o.full.Load() {
+		// A full disk: refused at once, counted, no commit tried (space.go).
+		if op.state.CompareAndSwap(opPending, opTaken) {
+			t.taken = append(t.taken, op)
+			op.res.err = s.refuseAppend(fmt.Errorf("%w: appends are refused until space returns", ErrNoSpace))
+		}
+		return nil
+	}
 	if s.caps.Policy == Block && (len(s.parked) > 0 || !s.fits(&w.st, n)) {
 		// Parked appends stay pending, so their callers may still give up.
 		s.parked = append(s.parked, op)

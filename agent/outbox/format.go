@@ -30,7 +30,7 @@ const (
 var (
 	metaBucket = []byte("meta")
 	formatKey  = []byte("format")
-	epochKey   = []byte("epoch") // 8 bytes big-endian; absent for epoch 0 (seqlease.go)
+	epochKey   = []byte("epoch")                        // 8 bytes big-endian; absent for epoch 0 (seqlease.go)
 	errNoWrite = errors.New("outbox: nothing to write") // rolls back a transaction that changed nothing
 )
 

@@ -120,6 +120,9 @@ type Options struct {
 	// others (one it gives another stream is skipped). nil: the tree's records are taken
 	// unchecked and the others are lost.
 	Recognise func(data []byte) string
+	// Reserve is the space kept in PATH.reserve for acknowledgements on a full disk
+	// (space.go): default 4 MiB; negative: none.
+	Reserve int64
 
 	// For tests: housekeeping period (default 1 s), least time between compaction checks
 	// (default 5 s), wait for the file lock (default 2 s).
@@ -129,10 +132,14 @@ type Options struct {
 
 // Stats describe the outbox.
 type Stats struct {
-	FileBytes   int64                  `json:"file_bytes"`
-	Commits     uint64                 `json:"commits"` // write transactions committed
-	Compactions uint64                 `json:"compactions"`
-	Streams     map[string]StreamStats `json:"streams"`
+	FileBytes int64 `json:"file_bytes"`
+	// DiskFull: the disk is full and new records are refused (counted in Refused) since
+	// DiskFullSince.
+	DiskFull      bool                   `json:"disk_full"`
+	DiskFullSince time.Time              `json:"disk_full_since,omitzero"`
+	Commits       uint64                 `json:"commits"` // write transactions committed
+	Compactions   uint64                 `json:"compactions"`
+	Streams       map[string]StreamStats `json:"streams"`
 }
 
 // StreamStats describe one stream. Count and Bytes are what it holds now; Appended, Acked
@@ -145,6 +152,7 @@ type StreamStats struct {
 	Appended uint64    `json:"appended"`
 	Acked    uint64    `json:"acked"`
 	Dropped  Dropped   `json:"dropped"`
+	Refused  Refused   `json:"refused"` // appends not stored since Open (a full disk, write errors)
 	Caps     Caps      `json:"caps"`
 }
 
@@ -174,9 +182,15 @@ type Outbox struct {
 	lease      leaseFile         // the lease file as Open found it
 	leaseKnown bool              // it was there and readable
 	// The numbering epoch (seqlease.go), set by Open; epochChanged: load must persist it.
-	epoch             uint64
-	epochNew          bool
-	epochChanged      bool
+	epoch        uint64
+	epochNew     bool
+	epochChanged bool
+	// Disk-full mode (space.go): set by the committer, read by Stats.
+	full      atomic.Bool
+	fullSince atomic.Int64 // unix nano; 0 when not full
+	// Committer-owned: failed commits not yet logged.
+	failOps, failCommits int
+	failLogged           time.Time
 
 	streams map[string]*Stream
 	list    []*Stream // by index, in name order
@@ -294,8 +308,18 @@ func Open(path string, opt Options) (*Outbox, error) {
 		}
 	}
 	if err := o.renewLeases(); err != nil {
-		db.Close()
-		return nil, err
+		if !isNoSpace(err) {
+			db.Close()
+			return nil, err
+		}
+		o.enterFull(err) // the lease is written again once space returns
+	}
+	if err := o.ensureReserve(); err != nil {
+		if isNoSpace(err) {
+			o.enterFull(err)
+		} else {
+			o.log.Warn("outbox: no space reserve for acknowledgements on a full disk", "err", err)
+		}
 	}
 	o.maybeCompact(true)
 	if o.fatal != nil {
@@ -366,6 +390,12 @@ func (opt Options) withDefaults() (Options, error) {
 	if opt.lease == 0 {
 		opt.lease = seqLease
 	}
+	switch {
+	case opt.Reserve == 0:
+		opt.Reserve = defaultReserve
+	case opt.Reserve < 0:
+		opt.Reserve = 0
+	}
 	return opt, nil
 }
 
@@ -428,6 +458,9 @@ func (o *Outbox) Stats() Stats {
 	}
 	for _, s := range o.list {
 		st.Streams[s.name] = s.Stats()
+	}
+	if since := o.fullSince.Load(); o.full.Load() {
+		st.DiskFull, st.DiskFullSince = true, time.Unix(0, since)
 	}
 	return st
 }

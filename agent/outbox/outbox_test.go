@@ -969,3 +969,92 @@ func TestEpoch(t *testing.T) {
 		t.Errorf("the salvage's epoch was not kept: %d after a restart; want %d", o.Epoch(), second)
 	}
 }
+
+// A full disk (a real tmpfs): appends are refused with ErrNoSpace and counted, the outbox says
+// it is full, failed commits are logged once per interval, acknowledgements still commit (the
+// reserve is theirs), and once space returns appends are stored again with no sequence number
+// skipped or repeated.
+func TestFullDisk(t *testing.T) {
+	dir := testenv.SmallDisk(t, 8<<20)
+	logs := &testenv.LockedBuffer{}
+	opt := Options{Logger: slog.New(slog.NewTextHandler(logs, nil)), Streams: map[string]Caps{"results": {}}, Reserve: 1 << 20, tick: 20 * time.Millisecond}
+	o := openT(t, filepath.Join(dir, "o.db"), opt, Caps{})
+	s := o.Stream("results")
+	release := testenv.Fill(t, dir, 512<<10)
+	rec := strings.Repeat("r", 1000)
+	var stored []uint64
+	for {
+		seq, err := s.Append(context.Background(), []byte(rec))
+		if err != nil {
+			if !errors.Is(err, ErrNoSpace) {
+				t.Fatalf("append on a full disk: %v; want ErrNoSpace", err)
+			}
+			break
+		}
+		stored = append(stored, seq)
+		if len(stored) > 10_000 {
+			t.Fatal("10,000 records of 1 KB on a disk with 512 KB free")
+		}
+	}
+	refused := 1
+	for range 500 {
+		if _, err := s.Append(context.Background(), []byte(rec)); !errors.Is(err, ErrNoSpace) {
+			t.Fatalf("append in disk-full mode: %v; want ErrNoSpace", err)
+		}
+		refused++
+	}
+	st := o.Stats()
+	if !st.DiskFull || st.Streams["results"].Refused.NoSpace != uint64(refused) || st.Streams["results"].Count != len(stored) {
+		t.Errorf("stats %+v; want disk full, %d refused, %d stored", st, refused, len(stored))
+	}
+	if _, err := os.Stat(reservePath(o.path)); !os.IsNotExist(err) {
+		t.Errorf("the reserve is still there on a full disk: %v", err)
+	}
+	if err := s.Ack(context.Background(), stored[len(stored)/2]); err != nil {
+		t.Fatalf("ack on a full disk: %v; want it to commit (the reserve is for acknowledgements)", err)
+	}
+	if n := strings.Count(logs.String(), "commit failed"); n > 1 {
+		t.Errorf("%d commit-failure lines for %d refused appends; want at most one per 10 s", n, refused)
+	}
+	release()
+	testenv.Eventually(t, 10*time.Second, 10*time.Millisecond, func() string { return "appends taken again" }, func() bool { return !o.Stats().DiskFull })
+	seq := appendT(t, s, rec)
+	if seq != stored[len(stored)-1]+1 {
+		t.Errorf("after space returned: seq %d; want %d (no number skipped or repeated)", seq, stored[len(stored)-1]+1)
+	}
+	if _, err := os.Stat(reservePath(o.path)); err != nil {
+		t.Errorf("the reserve was not written again: %v", err)
+	}
+	t.Logf("%d records stored, %d refused while full; %d log lines", len(stored), refused, strings.Count(logs.String(), "\n"))
+}
+
+// An acknowledgement that shares a commit with an append that fills the disk is not lost with
+// it: the commit fails, the outbox turns disk-full, and the acknowledgement commits alone.
+func TestFullDiskAckSurvivesAFailedCommit(t *testing.T) {
+	dir := testenv.SmallDisk(t, 8<<20)
+	// MaxWait: the committer waits this long for more operations after the first, so the
+	// append and the ack below share one commit.
+	opt := Options{Logger: quiet, Streams: map[string]Caps{"results": {}}, Reserve: 1 << 20, MaxWait: 2 * time.Second}
+	o := openT(t, filepath.Join(dir, "o.db"), opt, Caps{})
+	s := o.Stream("results")
+	last := appendT(t, s, "small") // one commit: each waits MaxWait
+	testenv.Fill(t, dir, 0)
+	errs := make(chan error, 2)
+	go func() {
+		_, err := s.Append(context.Background(), bytes.Repeat([]byte("x"), 512<<10))
+		errs <- err
+	}()
+	go func() { errs <- s.Ack(context.Background(), last) }()
+	var appendErr, ackErr error
+	for range 2 {
+		if err := <-errs; errors.Is(err, ErrNoSpace) {
+			appendErr = err
+		} else {
+			ackErr = err
+		}
+	}
+	st := o.Stats()
+	if appendErr == nil || ackErr != nil || st.Streams["results"].Count != 0 || !st.DiskFull {
+		t.Errorf("append %v, ack %v, stats %+v; want the append refused for space, the ack committed, the outbox empty and disk-full", appendErr, ackErr, st)
+	}
+}

@@ -25,6 +25,8 @@ type Stream struct {
 	parked []*op // Block: appends waiting for room, oldest first
 	// For tests: len(parked) after the last commit, and Reads waiting for a record.
 	nparked, waiting atomic.Int32
+	// Appends not stored, by cause (space.go).
+	noSpace, failed atomic.Uint64
 
 	mu   sync.Mutex
 	pub  streamState   // st as of the last commit
@@ -162,6 +164,7 @@ func (s *Stream) Stats() StreamStats {
 		Appended: st.appended,
 		Acked:    st.acked,
 		Dropped:  st.dropped,
+		Refused:  Refused{NoSpace: s.noSpace.Load(), Failed: s.failed.Load()},
 		Caps:     s.caps,
 	}
 }
