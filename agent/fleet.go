@@ -292,6 +292,7 @@ func (f *fleet) watch(ctx context.Context) {
 	defer t.Stop()
 	// Drops counted before this start were announced by the run that made them.
 	lastDropped := f.dropBase
+	var full diskFull
 	for {
 		select {
 		case <-ctx.Done():
@@ -319,8 +320,47 @@ func (f *fleet) watch(ctx context.Context) {
 				lastDropped = d
 			}
 			f.outboxCondition(st)
+			full.watch(f, f.ob.Stats())
 			f.linkCondition(f.link.Stats())
 		}
+	}
+}
+
+// diskFull follows the outbox's disk-full mode: a health condition while it lasts (readiness
+// says why, agent/statuswire.go), and an event with the records refused once space returns
+// (no event can be stored while the disk is full).
+type diskFull struct {
+	since time.Time
+	base  map[string]uint64 // each stream's refused count when the last episode ended
+}
+
+func (d *diskFull) watch(f *fleet, st outbox.Stats) {
+	refused := func() map[string]uint64 {
+		m := map[string]uint64{}
+		for name, s := range st.Streams {
+			m[name] = s.Refused.NoSpace
+		}
+		return m
+	}
+	switch {
+	case st.DiskFull:
+		d.since = st.DiskFullSince
+		n := st.Streams[streamResults].Refused.NoSpace - d.base[streamResults]
+		f.health.Set(health.Condition{Code: "disk-full", Severity: health.Error, Component: "outbox",
+			Message: fmt.Sprintf("the disk holding the outbox (%s) is full since %s: %d new results were refused and are lost (counted in edge_agent_outbox_refused_total); free space there (old logs, moved-aside files, or a larger outbox.max_bytes cap is too large for the disk)",
+				f.cfg.Outbox.Path, d.since.UTC().Format(time.RFC3339), n)})
+	case !d.since.IsZero():
+		now, lost := refused(), map[string]any{}
+		for name, n := range now {
+			lost[name] = n - d.base[name]
+		}
+		msg := fmt.Sprintf("the disk holding the outbox was full from %s to %s: %v records were refused and are lost (by stream)",
+			d.since.UTC().Format(time.RFC3339), time.Now().UTC().Format(time.RFC3339), lost)
+		f.log.Warn("outbox: disk space returned", "full_since", d.since, "refused", lost)
+		f.health.Clear("disk-full")
+		f.emit(result.Event{Type: "outbox.disk_full", Severity: "warning", Component: "outbox", Message: msg,
+			Data: map[string]any{"since": d.since.UTC(), "until": time.Now().UTC(), "refused": lost}})
+		d.since, d.base = time.Time{}, now
 	}
 }
 

@@ -8,15 +8,18 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/edge-agent/edge-agent/agent"
 	"github.com/edge-agent/edge-agent/agent/config"
+	"github.com/edge-agent/edge-agent/agent/health"
 	"github.com/edge-agent/edge-agent/agent/link"
 	"github.com/edge-agent/edge-agent/agent/outbox"
 	"github.com/edge-agent/edge-agent/internal/boltcheck"
@@ -432,4 +435,105 @@ func storedResults(t *testing.T, path string) map[uint64][]byte {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// A full disk (state_dir on a real 16 MiB tmpfs, filled by another file) is a visible, counted
+// drop: results that cannot be stored are refused and counted (metrics, status), readiness
+// says why, the log does not flood, acknowledgements keep committing so the connection stays
+// up, and once space returns an event reports the count and every result that was stored
+// (and so reached the other sinks) reaches a persistent consumer.
+func TestFullDiskIsACountedVisibleDrop(t *testing.T) {
+	broker := testenv.MosquittoWith(t, testenv.BrokerConfig{})
+	sub := mqtttest.NewConsumer(t, broker.URL, "edge/fleet-6/results", "edge/fleet-6/events")
+	state := testenv.SmallDisk(t, 16<<20)
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	r := start(t, `
+device: fleet-6
+state_dir: `+state+`
+status: {listen: "`+addr+`"}
+mqtt: {broker: `+broker.URL+`, backoff_min: 50ms, backoff_max: 200ms, ack_timeout: 2s}
+sources:
+  - {name: sweep, kind: synthetic, rate: 1000, synthetic: {wave: sine, phase: true, offset: -3.14159}}
+models:
+  - {name: sin, path: @TESTDATA@/sin_model.tflite, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
+`)
+	url := "http://" + addr
+	ob := func() outbox.Stats { return outboxStats(t, r) }
+	mqtttest.WaitFor(t, 20*time.Second, "the agent online", func() bool {
+		return strings.Contains(fmt.Sprint(r.a.FleetStats()["mqtt"]), "online")
+	})
+	broker.Pause() // nothing is delivered: the outbox grows until the disk is full
+	release := testenv.Fill(t, state, 256<<10)
+	waitFor(t, "the disk full", func() bool { return ob().DiskFull })
+	waitFor(t, "2,000 results refused", func() bool { return ob().Streams["results"].Refused.NoSpace >= 2000 })
+	if code, body := httpGet(t, url+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(string(body), "disk holding the outbox is full") {
+		t.Errorf("/readyz on a full disk: %d %s; want 503 saying why", code, body)
+	}
+	if c, ok := r.a.Health().Get("disk-full"); !ok || c.Severity != health.Error {
+		t.Errorf("health condition disk-full: %+v, %v", c, ok)
+	}
+	_, metrics := httpGet(t, url+"/metrics")
+	if !regexp.MustCompile(`edge_agent_outbox_refused_total\{cause="no_space",stream="results"\} [1-9]`).Match(metrics) ||
+		!strings.Contains(string(metrics), "edge_agent_outbox_disk_full 1") {
+		t.Errorf("metrics on a full disk lack the refused count or the disk-full gauge:\n%s", grepLines(string(metrics), "outbox"))
+	}
+	logs := r.logs.String()
+	if n := strings.Count(logs, "level=ERROR"); n > 10 {
+		t.Errorf("%d ERROR lines while %d results were refused; want a few (one per cause per interval):\n%s",
+			n, ob().Streams["results"].Refused.NoSpace, tail(logs, 3000))
+	}
+
+	// The broker comes back while the disk is still full: the backlog is delivered, and its
+	// acknowledgements commit (the reserve is theirs) without breaking the connection.
+	connects := func() uint64 { return r.a.FleetStats()["mqtt"].(link.Stats).Connects }
+	online := func() bool { return strings.Contains(fmt.Sprint(r.a.FleetStats()["mqtt"]), "online") }
+	broker.Resume()
+	waitFor(t, "the backlog delivered and acknowledged on the full disk", func() bool { return online() && ob().Streams["results"].Count == 0 })
+	if !ob().DiskFull {
+		t.Fatal("the disk is no longer full before its space was released; the test proves nothing")
+	}
+	reconnected := connects()
+
+	release()
+	waitFor(t, "space back", func() bool { return !ob().DiskFull })
+	var refused float64
+	waitFor(t, "the outbox.disk_full event", func() bool {
+		for _, e := range sub.Records("events", "fleet-6") {
+			var ev struct {
+				Type string
+				Data struct{ Refused map[string]float64 }
+			}
+			if json.Unmarshal(e, &ev) == nil && ev.Type == "outbox.disk_full" {
+				refused = ev.Data.Refused["results"]
+				return true
+			}
+		}
+		return false
+	})
+	if total := ob().Streams["results"].Refused.NoSpace; refused < 2000 || refused > float64(total) {
+		t.Errorf("the event reports %v results refused; %d were counted", refused, total)
+	}
+	if code, _ := httpGet(t, url+"/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz after space returned: %d", code)
+	}
+	stored := r.sink.byModel("sin")
+	seqs := make([]uint64, len(stored))
+	for i, res := range stored {
+		seqs[i] = res.Seq
+	}
+	waitFor(t, fmt.Sprintf("the %d stored results at the consumer", len(seqs)), func() bool { return sub.Missing("results", "fleet-6", seqs) == 0 })
+	if n := connects(); n != reconnected {
+		t.Errorf("%d connections by the end; %d when the backlog had drained on the full disk: acknowledgements broke the connection", n, reconnected)
+	}
+	t.Logf("%d results stored and delivered, %v refused on the full disk; %d ERROR log lines", len(seqs), refused, strings.Count(logs, "level=ERROR"))
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -12,6 +12,7 @@ import (
 	"image"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -142,12 +143,13 @@ func (s *statusAgent) Snapshot() status.Snapshot {
 	}
 	if f := a.fleet; f != nil {
 		ob := f.ob.Stats()
-		o := &status.Outbox{FileBytes: ob.FileBytes, Commits: ob.Commits, Compactions: ob.Compactions}
+		o := &status.Outbox{FileBytes: ob.FileBytes, Commits: ob.Commits, Compactions: ob.Compactions, DiskFull: ob.DiskFull, DiskFullSince: ob.DiskFullSince}
 		for _, name := range sortedKeys(ob.Streams) {
 			st := ob.Streams[name]
 			o.Streams = append(o.Streams, status.OutboxStream{Name: name, Count: st.Count, Bytes: st.Bytes, OldestTS: st.OldestTS,
 				Appended: st.Appended, Acked: st.Acked, DroppedOldest: st.Dropped.Oldest, DroppedNewest: st.Dropped.Newest,
-				DroppedAge: st.Dropped.Age, MaxCount: st.Caps.MaxCount, MaxBytes: st.Caps.MaxBytes, Policy: string(st.Caps.Policy)})
+				DroppedAge: st.Dropped.Age, RefusedNoSpace: st.Refused.NoSpace, RefusedFailed: st.Refused.Failed,
+				MaxCount: st.Caps.MaxCount, MaxBytes: st.Caps.MaxBytes, Policy: string(st.Caps.Policy)})
 		}
 		snap.Outbox = o
 		ls := f.link.Stats()
@@ -193,6 +195,10 @@ func (s *statusAgent) Ready() error {
 		return errors.New("no model has a loaded version: see the health conditions model/<name> and deploy/<name>")
 	}
 	if a.fleet != nil {
+		if ob := a.fleet.ob.Stats(); ob.DiskFull {
+			return fmt.Errorf("degraded: the disk holding the outbox is full since %s, so new results are refused (%d so far): free space in %s",
+				ob.DiskFullSince.UTC().Format(time.RFC3339), ob.Streams[streamResults].Refused.NoSpace, filepath.Dir(a.cfg.Outbox.Path))
+		}
 		st := a.fleet.results.Stats()
 		full := st.Count >= st.Caps.MaxCount || st.Bytes >= st.Caps.MaxBytes
 		if full && st.Caps.Policy != outbox.DropOldest {

@@ -12,8 +12,8 @@ package outbox
 //     acknowledging (and deleting) what it delivered.
 //   - In disk-full mode appends are refused at once with ErrNoSpace, without a commit, and
 //     counted per stream (StreamStats.Refused); Stats.DiskFull says since when.
-//   - Each housekeeping tick checks the filesystem; once it has room for the reserve twice
-//     over, the reserve is written again and appends are taken again.
+//   - Each housekeeping tick checks the filesystem; once it has room for the reserve and
+//     1 MiB more, the reserve is written again and appends are taken again.
 //   - Commit failures are logged at most once per failLogEvery, with a count.
 
 import (
@@ -114,8 +114,8 @@ func (o *Outbox) enterFull(cause error) {
 		"file", o.path, "reserve", reservePath(o.path), "err", cause, "reserve_err", rerr)
 }
 
-// checkSpace leaves disk-full mode once the filesystem has room for the reserve twice over
-// and the reserve could be written again.
+// checkSpace leaves disk-full mode once the filesystem has room for the reserve and 1 MiB
+// more, and the reserve could be written again.
 func (o *Outbox) checkSpace() {
 	if !o.full.Load() {
 		return
@@ -124,7 +124,7 @@ func (o *Outbox) checkSpace() {
 	if err := syscall.Statfs(filepath.Dir(o.path), &fs); err != nil {
 		return
 	}
-	need := max(2*o.opt.Reserve, 1<<20)
+	need := o.opt.Reserve + 1<<20
 	if int64(fs.Bavail)*int64(fs.Bsize) < need {
 		return
 	}

@@ -115,6 +115,8 @@ func metricDefs() map[string]struct {
 		"edge_agent_outbox_appended_total":       {"Records appended to a stream over the file's life.", []string{"stream"}},
 		"edge_agent_outbox_acked_total":          {"Records the broker acknowledged, over the file's life.", []string{"stream"}},
 		"edge_agent_outbox_dropped_total":        {"Records lost to the caps, by cause (oldest: evicted; newest: refused; age: expired).", []string{"stream", "cause"}},
+		"edge_agent_outbox_refused_total":        {"Records the outbox could not store since start, by cause (no_space: a full disk; failed: another write error).", []string{"stream", "cause"}},
+		"edge_agent_outbox_disk_full":            {"1 while the disk holding the outbox is full and new records are refused.", nil},
 		"edge_agent_outbox_cap_records":          {"A stream's cap on waiting records.", []string{"stream"}},
 		"edge_agent_outbox_cap_bytes":            {"A stream's cap on waiting payload bytes.", []string{"stream"}},
 		"edge_agent_events_dropped_total":        {"Events the fleet's event queue could not take.", nil},
@@ -220,6 +222,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge("edge_agent_outbox_file_bytes", float64(o.FileBytes))
 		counter("edge_agent_outbox_commits_total", float64(o.Commits))
 		counter("edge_agent_outbox_compactions_total", float64(o.Compactions))
+		gauge("edge_agent_outbox_disk_full", b2f(o.DiskFull))
 		for _, st := range o.Streams {
 			gauge("edge_agent_outbox_records", float64(st.Count), st.Name)
 			gauge("edge_agent_outbox_bytes", float64(st.Bytes), st.Name)
@@ -233,6 +236,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			counter("edge_agent_outbox_dropped_total", float64(st.DroppedOldest), st.Name, "oldest")
 			counter("edge_agent_outbox_dropped_total", float64(st.DroppedNewest), st.Name, "newest")
 			counter("edge_agent_outbox_dropped_total", float64(st.DroppedAge), st.Name, "age")
+			counter("edge_agent_outbox_refused_total", float64(st.RefusedNoSpace), st.Name, "no_space")
+			counter("edge_agent_outbox_refused_total", float64(st.RefusedFailed), st.Name, "failed")
 			gauge("edge_agent_outbox_cap_records", float64(st.MaxCount), st.Name)
 			gauge("edge_agent_outbox_cap_bytes", float64(st.MaxBytes), st.Name)
 		}

@@ -80,6 +80,7 @@ func newPage() (*page, error) {
 			return "—"
 		},
 		"dropped": func(st OutboxStream) uint64 { return st.DroppedOldest + st.DroppedNewest + st.DroppedAge },
+		"refused": func(st OutboxStream) uint64 { return st.RefusedNoSpace + st.RefusedFailed },
 		"newest": func(es []result.Event) []result.Event {
 			out := make([]result.Event, 0, min(len(es), maxPageEvents))
 			for i := len(es) - 1; i >= 0 && len(out) < maxPageEvents; i-- {

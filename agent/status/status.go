@@ -121,6 +121,9 @@ type Outbox struct {
 	Commits     uint64         `json:"commits"`
 	Compactions uint64         `json:"compactions"`
 	Streams     []OutboxStream `json:"streams"`
+	// DiskFull: the disk holding the outbox is full and new records are refused.
+	DiskFull      bool      `json:"disk_full"`
+	DiskFullSince time.Time `json:"disk_full_since,omitzero"`
 }
 
 // OutboxStream is one stream of the outbox (results, events, samples).
@@ -135,9 +138,12 @@ type OutboxStream struct {
 	DroppedOldest uint64 `json:"dropped_oldest"`
 	DroppedNewest uint64 `json:"dropped_newest"`
 	DroppedAge    uint64 `json:"dropped_age"`
-	MaxCount      int    `json:"max_count"`
-	MaxBytes      int64  `json:"max_bytes"`
-	Policy        string `json:"policy"`
+	// Refused: appends not stored since start, by cause (a full disk, another write error).
+	RefusedNoSpace uint64 `json:"refused_no_space"`
+	RefusedFailed  uint64 `json:"refused_failed"`
+	MaxCount       int    `json:"max_count"`
+	MaxBytes       int64  `json:"max_bytes"`
+	Policy         string `json:"policy"`
 }
 
 // MQTT is the fleet link's figures.

@@ -112,9 +112,11 @@
       el('td', {}, s.name), el('td', { class: 'n' }, count(s.count)), el('td', { class: 'n' }, bytes(s.bytes)),
       el('td', { class: 'n' }, age(v.now, s.oldest_ts)), el('td', { class: 'n' }, count(s.appended)),
       el('td', { class: 'n' }, count(s.acked)), el('td', { class: 'n' }, count(s.dropped_oldest + s.dropped_newest + s.dropped_age)),
+      el('td', { class: 'n' }, count(s.refused_no_space + s.refused_failed)),
       el('td', { class: 'muted' }, `${count(s.max_count)} · ${bytes(s.max_bytes)} · ${s.policy}`),
-    )) : [], 'no outbox (the fleet parts are off)', 8);
-    setText('outbox-file', o ? `file ${bytes(o.file_bytes)} · ${count(o.commits)} commits · ${count(o.compactions)} compactions` : '');
+    )) : [], 'no outbox (the fleet parts are off)', 9);
+    setText('outbox-file', o ? `file ${bytes(o.file_bytes)} · ${count(o.commits)} commits · ${count(o.compactions)} compactions` +
+      (o.disk_full ? ` · disk full since ${o.disk_full_since}: new results are refused` : '') : '');
 
     const q = v.mqtt;
     setText('mqtt-state', q ? q.state : 'off');
