@@ -60,6 +60,8 @@ type salvaged struct {
 // salvage restores what path holds into o; it runs in Open, before the committer starts.
 func (o *Outbox) salvage(path string) Salvage {
 	rep := Salvage{From: path, Restored: map[string]int{}}
+	o.salvageLast = map[*Stream]uint64{}
+	defer func() { o.salvageLast = nil }()
 	// Delivered records (at or below the lease's acknowledged mark) are not sent again when
 	// found outside the tree, where an acknowledgement cannot have deleted them.
 	gone, _ := readAcked(o.path)
@@ -182,7 +184,13 @@ func (o *Outbox) restore(batch []salvaged, rep *Salvage) error {
 				if w.b.Get(key) != nil {
 					continue // found twice (in the tree and on an older page)
 				}
-				w.b.FillPercent = 0.5 // salvaged keys arrive out of order
+				// The tree's records come in key order (pages filled, as appends fill them);
+				// records found outside it may go anywhere (pages left half empty).
+				w.b.FillPercent = 1.0
+				if r.seq <= o.salvageLast[r.s] {
+					w.b.FillPercent = 0.5
+				}
+				o.salvageLast[r.s] = max(o.salvageLast[r.s], r.seq)
 				if err := w.b.Put(key, r.val); err != nil {
 					return err
 				}
