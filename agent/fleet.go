@@ -345,10 +345,11 @@ func (d *diskFull) watch(f *fleet, st outbox.Stats) {
 	switch {
 	case st.DiskFull:
 		d.since = st.DiskFullSince
-		n := st.Streams[streamResults].Refused.NoSpace - d.base[streamResults]
+		// A steady message: each change of a condition is an event, and no event can be
+		// stored now. The count is in the metrics and the status page.
 		f.health.Set(health.Condition{Code: "disk-full", Severity: health.Error, Component: "outbox",
-			Message: fmt.Sprintf("the disk holding the outbox (%s) is full since %s: %d new results were refused and are lost (counted in edge_agent_outbox_refused_total); free space there (old logs, moved-aside files, or a larger outbox.max_bytes cap is too large for the disk)",
-				f.cfg.Outbox.Path, d.since.UTC().Format(time.RFC3339), n)})
+			Message: fmt.Sprintf("the disk holding the outbox (%s) is full since %s: new results are refused and lost (counted in edge_agent_outbox_refused_total); free space there (old logs, moved-aside files), or lower outbox.max_bytes below what the disk holds",
+				f.cfg.Outbox.Path, d.since.UTC().Format(time.RFC3339))})
 	case !d.since.IsZero():
 		now, lost := refused(), map[string]any{}
 		for name, n := range now {
