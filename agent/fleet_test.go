@@ -22,6 +22,7 @@ import (
 	"github.com/edge-agent/edge-agent/agent/health"
 	"github.com/edge-agent/edge-agent/agent/link"
 	"github.com/edge-agent/edge-agent/agent/outbox"
+	"github.com/edge-agent/edge-agent/agent/state"
 	"github.com/edge-agent/edge-agent/internal/boltcheck"
 	"github.com/edge-agent/edge-agent/internal/mqtttest"
 	"github.com/edge-agent/edge-agent/internal/testenv"
@@ -537,4 +538,65 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// The damage matrix at the agent: for each pattern of testenv.DamagedCopies, the outbox and the
+// state store damaged the same way, the agent starts and serves within seconds, a damaged file
+// is moved aside and named in a health condition, the salvaged results keep their numbers and
+// every new one is numbered above what the damaged outbox gave out.
+func TestDamageMatrixAgentServes(t *testing.T) {
+	yml := func(state string) string {
+		return `
+device: fleet-7
+state_dir: ` + state + `
+mqtt: {broker: "tcp://127.0.0.1:1"} # nothing listens: the state store opens, results stay
+sources:
+  - {name: sweep, kind: synthetic, rate: 1000, synthetic: {wave: sine, phase: true, offset: -3.14159}}
+models:
+  - {name: sin, path: @TESTDATA@/sin_model.tflite, sources: [sweep], output: {kind: regression, regression: {names: [y]}}}
+`
+	}
+	valid := t.TempDir()
+	r := start(t, yml(valid))
+	waitFor(t, "3,000 results in the outbox", func() bool { return outboxStats(t, r).Streams["results"].LastSeq >= 3000 })
+	r.stop()
+	before := outboxStats(t, r).Streams["results"].LastSeq
+	// A state store holding enough command ids to damage (one page of ids is not a matrix).
+	ids, err := state.Open(filepath.Join(valid, "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 1000 {
+		if _, err := ids.Remember(fmt.Sprintf("command-%06d", i), time.Now().Add(time.Hour), time.Now(), 10000); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids.Close()
+	lease, _ := os.ReadFile(filepath.Join(valid, "outbox.db.seq.json"))
+	outboxCases := testenv.DamagedCopies(t, filepath.Join(valid, "outbox.db"))
+	stateCases := testenv.DamagedCopies(t, filepath.Join(valid, "state.db"))
+	for name, ob := range outboxCases {
+		st, ok := stateCases[name]
+		if !ok {
+			continue // a cut that is past the end of the smaller file
+		}
+		state := t.TempDir()
+		os.WriteFile(filepath.Join(state, "outbox.db"), ob, 0o600)
+		os.WriteFile(filepath.Join(state, "state.db"), st, 0o600)
+		os.WriteFile(filepath.Join(state, "outbox.db.seq.json"), lease, 0o600)
+		r := start(t, yml(state))
+		waitFor(t, name+": results stored", func() bool { return len(r.sink.byModel("sin")) >= 10 })
+		for _, res := range r.sink.byModel("sin") {
+			if res.Seq <= before {
+				t.Fatalf("%s: a new result numbered %d; the damaged outbox had given out up to %d", name, res.Seq, before)
+			}
+		}
+		moved, _ := filepath.Glob(filepath.Join(state, "outbox.db.damaged-*"))
+		c, cond := r.a.Health().Get("outbox-damaged")
+		if len(moved) != 0 && (!cond || !strings.Contains(c.Message, moved[0])) {
+			t.Errorf("%s: outbox moved to %v, condition %+v", name, moved, c)
+		}
+		t.Logf("%s: serving; outbox moved aside %v %s", name, len(moved) == 1, c.Message)
+		r.stop()
+	}
 }
