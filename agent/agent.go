@@ -377,7 +377,7 @@ func LoadServing(eng infer.Engine, m config.Model, hw accel.Report, log *slog.Lo
 		model.Close()
 		return nil, fmt.Errorf("model %q: %w", m.Name, err)
 	}
-	post, err := postprocess.New(m.Spec.Output, info.Outputs, os.ReadFile)
+	post, err := postprocess.NewFor(m.Spec.Output, info.Inputs, info.Outputs, os.ReadFile)
 	if err != nil {
 		model.Close()
 		return nil, fmt.Errorf("model %q: %w", m.Name, err)

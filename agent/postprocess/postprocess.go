@@ -67,6 +67,7 @@ type Postprocessor struct {
 	n                             int // detections the tensors hold
 	scoreThr                      float64
 	maxDet                        int
+	yolo                          *yoloHead // a raw head (yolo.go) instead of the four outputs
 
 	// regression
 	reg   int
@@ -77,6 +78,12 @@ type Postprocessor struct {
 // readFile, which resolves the path; it may be nil when no labels file is used). Errors name
 // the spec field ("output.detection.scores") and say what to change.
 func New(s spec.Output, outputs []infer.TensorInfo, readFile func(string) ([]byte, error)) (*Postprocessor, error) {
+	return NewFor(s, nil, outputs, readFile)
+}
+
+// NewFor is New for a model whose inputs are known too: detection boxes in pixels of the
+// model input are normalised by its picture size.
+func NewFor(s spec.Output, inputs, outputs []infer.TensorInfo, readFile func(string) ([]byte, error)) (*Postprocessor, error) {
 	if err := (spec.Model{Output: s}).Validate(); err != nil {
 		return nil, err
 	}
@@ -112,7 +119,11 @@ func New(s spec.Output, outputs []infer.TensorInfo, readFile func(string) ([]byt
 	case spec.OutputClassification:
 		err = p.newClassification(s.Classification)
 	case spec.OutputDetection:
-		err = p.newDetection(s.Detection)
+		if f := s.Detection.Format; f != "" && f != spec.DetectPostprocess {
+			err = p.newYOLO(s.Detection, inputs)
+		} else {
+			err = p.newDetection(s.Detection)
+		}
 	case spec.OutputRegression:
 		err = p.newRegression(s.Regression)
 	case spec.OutputRaw:
@@ -211,7 +222,7 @@ func (p *Postprocessor) newDetection(d spec.Detection) error {
 			rows = -1
 		}
 		if !ok {
-			return fmt.Errorf("%s: output %d (%s) has shape %v; TFLite_Detection_PostProcess gives %s %s (boxes, classes, scores, count are outputs 0..3 unless output.detection names them)", field, t.index, o.Name, o.Shape, t.name, t.want)
+			return fmt.Errorf("%s: output %d (%s) has shape %v; TFLite_Detection_PostProcess gives %s %s (boxes, classes, scores, count are outputs 0..3 unless output.detection names them); for a raw YOLO head set output.detection.format (yolov5, yolov8, end2end)", field, t.index, o.Name, o.Shape, t.name, t.want)
 		}
 		if rows >= 0 {
 			if n >= 0 && rows != n {
@@ -270,6 +281,9 @@ func (p *Postprocessor) Apply(out []infer.Tensor) (Output, error) {
 	case spec.OutputClassification:
 		return p.classify(out)
 	case spec.OutputDetection:
+		if p.yolo != nil {
+			return p.decodeYOLO(out)
+		}
 		return p.detect(out)
 	case spec.OutputRegression:
 		return p.regress(out)

@@ -92,16 +92,43 @@ type Classification struct {
 	Threshold float64 `yaml:"threshold,omitempty" json:"threshold,omitempty"` // drop classes scoring below
 }
 
-// Detection post-processing for TFLite_Detection_PostProcess outputs.
+// Detection post-processing. Format says what the outputs hold:
+//
+//	postprocess (default)  TFLite_Detection_PostProcess: boxes [1,N,4], classes [1,N], scores [1,N], count [1]
+//	yolov5                 one raw head [1,N,5+C] (or [1,5+C,N]): cx, cy, w, h, objectness, C class scores
+//	yolov8                 one raw head [1,4+C,N] (or [1,N,4+C]): cx, cy, w, h, C class scores (YOLOv8, YOLO11)
+//	end2end                [1,K,6]: x1, y1, x2, y2, score, class, already suppressed (YOLOv10, NMS-free exports)
+//
+// The raw heads are decoded with a score threshold and non-maximum suppression.
 type Detection struct {
-	// Output tensor indexes; defaults 0,1,2,3 (boxes, classes, scores, count).
-	Boxes          *int    `yaml:"boxes,omitempty" json:"boxes,omitempty"`
-	Classes        *int    `yaml:"classes,omitempty" json:"classes,omitempty"`
-	Scores         *int    `yaml:"scores,omitempty" json:"scores,omitempty"`
-	Count          *int    `yaml:"count,omitempty" json:"count,omitempty"`
-	ScoreThreshold float64 `yaml:"score_threshold,omitempty" json:"score_threshold,omitempty"` // default 0.5
-	MaxDetections  int     `yaml:"max_detections,omitempty" json:"max_detections,omitempty"`   // 0 = all
+	Format string `yaml:"format,omitempty" json:"format,omitempty"`
+	// Output tensor indexes of the postprocess format; defaults 0,1,2,3 (boxes, classes, scores, count).
+	Boxes   *int `yaml:"boxes,omitempty" json:"boxes,omitempty"`
+	Classes *int `yaml:"classes,omitempty" json:"classes,omitempty"`
+	Scores  *int `yaml:"scores,omitempty" json:"scores,omitempty"`
+	Count   *int `yaml:"count,omitempty" json:"count,omitempty"`
+	// Tensor is the output of the yolov5, yolov8 and end2end formats (default 0).
+	Tensor int `yaml:"tensor,omitempty" json:"tensor,omitempty"`
+	// BoxUnits of the yolo and end2end formats: normalized (0..1 of the model input, the
+	// default; what TFLite exports give) or pixels of the model input (ONNX exports).
+	BoxUnits string `yaml:"box_units,omitempty" json:"box_units,omitempty"`
+	// Sigmoid: the class scores (and objectness) are logits (declared, never guessed).
+	Sigmoid bool `yaml:"sigmoid,omitempty" json:"sigmoid,omitempty"`
+	// IoUThreshold for non-maximum suppression (default 0.45); ClassAgnostic suppresses
+	// overlapping boxes of different classes too.
+	IoUThreshold   float64 `yaml:"iou_threshold,omitempty" json:"iou_threshold,omitempty"`
+	ClassAgnostic  bool    `yaml:"class_agnostic,omitempty" json:"class_agnostic,omitempty"`
+	ScoreThreshold float64 `yaml:"score_threshold,omitempty" json:"score_threshold,omitempty"` // default 0.5 (0.25 for yolo formats)
+	MaxDetections  int     `yaml:"max_detections,omitempty" json:"max_detections,omitempty"`   // 0 = all (100 for yolo formats)
 }
+
+// Detection formats.
+const (
+	DetectPostprocess = "postprocess"
+	DetectYOLOv5      = "yolov5"
+	DetectYOLOv8      = "yolov8"
+	DetectEnd2End     = "end2end"
+)
 
 // Regression names the elements of output tensor Tensor.
 type Regression struct {
@@ -176,6 +203,22 @@ func (m Model) Validate() error {
 	d := o.Detection
 	if d.ScoreThreshold < 0 || d.ScoreThreshold > 1 {
 		add("output.detection.score_threshold", "must be within 0..1")
+	}
+	switch d.Format {
+	case "", DetectPostprocess, DetectYOLOv5, DetectYOLOv8, DetectEnd2End:
+	default:
+		add("output.detection.format", "unknown format %q (want postprocess, yolov5, yolov8 or end2end)", d.Format)
+	}
+	switch d.BoxUnits {
+	case "", "normalized", "pixels":
+	default:
+		add("output.detection.box_units", "unknown units %q (want normalized or pixels)", d.BoxUnits)
+	}
+	if d.IoUThreshold < 0 || d.IoUThreshold > 1 {
+		add("output.detection.iou_threshold", "must be within 0..1")
+	}
+	if d.Tensor < 0 || d.MaxDetections < 0 {
+		add("output.detection", "tensor and max_detections must be ≥ 0")
 	}
 	for name, p := range map[string]*int{"boxes": d.Boxes, "classes": d.Classes, "scores": d.Scores, "count": d.Count} {
 		if p != nil && *p < 0 {
