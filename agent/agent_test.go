@@ -314,3 +314,52 @@ models:
 	// Every goroutine the agent started has ended.
 	testenv.WaitGoroutines(t, before, 5*time.Second)
 }
+
+// BlazeFace (MediaPipe's short-range face detector, raw SSD heads over 896 anchors) on the
+// people-at-laptops photo, through the real TFLite runtime: the anchors format decodes its two
+// outputs into faces with 6 keypoints each, and each face lies inside a person the SSD model
+// (an independent model and decoder) finds in the same picture.
+func TestBlazeFaceDecodesRealOutputs(t *testing.T) {
+	r := start(t, `
+sources:
+  - {name: cam, kind: file, file: {path: @TESTDATA@/ssd_example.jpg}}
+models:
+  - name: faces
+    path: @TESTDATA@/face_detection_short_range.tflite
+    sources: [cam]
+    input: {image: {resize: area, color: rgb, mean: [127.5], std: [127.5]}}
+    output:
+      kind: detection
+      labels: [face]
+      detection: {format: anchors, sigmoid: true, score_threshold: 0.5}
+  - name: ssd
+    path: @TESTDATA@/ssd_mobilenet_detect.tflite
+    sources: [cam]
+    input: {image: {resize: bilinear, color: rgb, mean: [127.5], std: [127.5]}}
+    output: {kind: detection, labels_file: @TESTDATA@/ssd_labelmap.txt, label_offset: 1, detection: {score_threshold: 0.5}}
+`)
+	waitFor(t, "a face and an SSD result", func() bool { return len(r.sink.byModel("faces")) >= 1 && len(r.sink.byModel("ssd")) >= 1 })
+	faces, people := r.sink.byModel("faces")[0].Detections, r.sink.byModel("ssd")[0].Detections
+	if len(faces) < 2 {
+		t.Errorf("%d faces scoring at least 0.5: %+v; the photo shows three people, two facing the camera", len(faces), faces)
+	}
+	for _, f := range faces {
+		b := f.Box
+		cx, cy := (b.XMin+b.XMax)/2, (b.YMin+b.YMax)/2
+		inside := false
+		for _, p := range people {
+			if p.Label == "person" && p.Box.XMin <= cx && cx <= p.Box.XMax && p.Box.YMin <= cy && cy <= p.Box.YMax {
+				inside = true
+			}
+		}
+		if f.Label != "face" || len(f.Keypoints) != 6 || !inside {
+			t.Errorf("face %+v: want 6 keypoints and its centre inside a person of %+v", f, people)
+		}
+		for _, k := range f.Keypoints[:4] { // eyes, nose, mouth: inside the face (ears may stick out)
+			if k.X < b.XMin || k.X > b.XMax || k.Y < b.YMin || k.Y > b.YMax {
+				t.Errorf("face %+v: keypoint %+v outside its box", b, k)
+			}
+		}
+	}
+	t.Logf("%d faces: %+v", len(faces), faces)
+}

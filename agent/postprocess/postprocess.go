@@ -46,6 +46,8 @@ type (
 	Detection = result.Detection
 	// Box is a detection's bounding box relative to the picture (0..1), clamped.
 	Box = result.Box
+	// Point is a detection's keypoint relative to the picture (0..1), clamped.
+	Point = result.Point
 )
 
 // Postprocessor turns output tensors into an Output for one model. It is immutable after New
@@ -67,7 +69,8 @@ type Postprocessor struct {
 	n                             int // detections the tensors hold
 	scoreThr                      float64
 	maxDet                        int
-	yolo                          *yoloHead // a raw head (yolo.go) instead of the four outputs
+	yolo                          *yoloHead   // a raw head (yolo.go) instead of the four outputs
+	anchor                        *anchorHead // raw SSD heads over generated anchors (anchors.go)
 
 	// regression
 	reg   int
@@ -119,10 +122,13 @@ func NewFor(s spec.Output, inputs, outputs []infer.TensorInfo, readFile func(str
 	case spec.OutputClassification:
 		err = p.newClassification(s.Classification)
 	case spec.OutputDetection:
-		if f := s.Detection.Format; f != "" && f != spec.DetectPostprocess {
-			err = p.newYOLO(s.Detection, inputs)
-		} else {
+		switch s.Detection.Format {
+		case "", spec.DetectPostprocess:
 			err = p.newDetection(s.Detection)
+		case spec.DetectAnchors:
+			err = p.newAnchors(s.Detection, inputs)
+		default:
+			err = p.newYOLO(s.Detection, inputs)
 		}
 	case spec.OutputRegression:
 		err = p.newRegression(s.Regression)
@@ -283,6 +289,9 @@ func (p *Postprocessor) Apply(out []infer.Tensor) (Output, error) {
 	case spec.OutputDetection:
 		if p.yolo != nil {
 			return p.decodeYOLO(out)
+		}
+		if p.anchor != nil {
+			return p.decodeAnchors(out)
 		}
 		return p.detect(out)
 	case spec.OutputRegression:

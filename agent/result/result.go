@@ -47,6 +47,14 @@ type Detection struct {
 	Label string  `json:"label,omitempty"`
 	Score float64 `json:"score"`
 	Box   Box     `json:"box"`
+	// Keypoints of the object (a face's eyes, nose, mouth, ears), relative to the picture.
+	Keypoints []Point `json:"keypoints,omitempty"`
+}
+
+// Point is a position relative to the picture (0..1), x from the left, y from the top.
+type Point struct {
+	X float64 `json:"x"`
+	Y float64 `json:"y"`
 }
 
 // Box is ymin, xmin, ymax, xmax as TFLite_Detection_PostProcess orders them.

@@ -98,6 +98,8 @@ type Classification struct {
 //	yolov5                 one raw head [1,N,5+C] (or [1,5+C,N]): cx, cy, w, h, objectness, C class scores
 //	yolov8                 one raw head [1,4+C,N] (or [1,N,4+C]): cx, cy, w, h, C class scores (YOLOv8, YOLO11)
 //	end2end                [1,K,6]: x1, y1, x2, y2, score, class, already suppressed (YOLOv10, NMS-free exports)
+//	anchors                raw SSD heads: boxes [1,A,4+2K] relative to A generated anchors, scores [1,A,C]
+//	                       (MediaPipe BlazeFace and BlazePose detectors, SSD models without the PostProcess op)
 //
 // The raw heads are decoded with a score threshold and non-maximum suppression.
 type Detection struct {
@@ -116,14 +118,43 @@ type Detection struct {
 	Sigmoid bool `yaml:"sigmoid,omitempty" json:"sigmoid,omitempty"`
 	// IoUThreshold for non-maximum suppression (default 0.45); ClassAgnostic suppresses
 	// overlapping boxes of different classes too.
+	// Anchors of the anchors format.
+	Anchors        Anchors `yaml:"anchors,omitempty" json:"anchors,omitempty"`
 	IoUThreshold   float64 `yaml:"iou_threshold,omitempty" json:"iou_threshold,omitempty"`
 	ClassAgnostic  bool    `yaml:"class_agnostic,omitempty" json:"class_agnostic,omitempty"`
 	ScoreThreshold float64 `yaml:"score_threshold,omitempty" json:"score_threshold,omitempty"` // default 0.5 (0.25 for yolo formats)
 	MaxDetections  int     `yaml:"max_detections,omitempty" json:"max_detections,omitempty"`   // 0 = all (100 for yolo formats)
 }
 
+// Anchors generates SSD anchors as MediaPipe's SSD anchor options describe them, over the
+// model's input picture, layer by layer (layers with the same stride share one feature map),
+// and says how the boxes tensor encodes a box against its anchor. The zero value is
+// BlazeFace short range's: strides 8, 16, 16, 16, scales 0.1484375..0.75, one aspect ratio
+// 1 plus an interpolated one, fixed size, boxes x, y, w, h in input pixels. Values after the
+// first 4 of a box are keypoints, an x and a y each.
+type Anchors struct {
+	Strides      []int     `yaml:"strides,omitempty" json:"strides,omitempty"`
+	MinScale     float64   `yaml:"min_scale,omitempty" json:"min_scale,omitempty"`
+	MaxScale     float64   `yaml:"max_scale,omitempty" json:"max_scale,omitempty"`
+	Offset       *float64  `yaml:"offset,omitempty" json:"offset,omitempty"`               // anchor centre within its cell (0.5)
+	AspectRatios []float64 `yaml:"aspect_ratios,omitempty" json:"aspect_ratios,omitempty"` // [1]
+	// InterpolatedAspectRatio adds one anchor per cell at the scale between this layer's and
+	// the next's (1; negative: none).
+	InterpolatedAspectRatio float64 `yaml:"interpolated_aspect_ratio,omitempty" json:"interpolated_aspect_ratio,omitempty"`
+	// VariableSize: anchors have their scale's width and height (TF SSD); otherwise 1 × 1.
+	VariableSize bool `yaml:"variable_size,omitempty" json:"variable_size,omitempty"`
+	// Order of the box values: xywh (MediaPipe, default) or yxhw (TF SSD's box coder).
+	Order string `yaml:"order,omitempty" json:"order,omitempty"`
+	// Scale divides x, y, w, h before they are applied to the anchor (default the input
+	// picture's width, height, width, height; TF SSD: 10, 10, 5, 5).
+	Scale []float64 `yaml:"scale,omitempty" json:"scale,omitempty"`
+	// ExpSize: w and h are log-encoded (TF SSD).
+	ExpSize bool `yaml:"exp_size,omitempty" json:"exp_size,omitempty"`
+}
+
 // Detection formats.
 const (
+	DetectAnchors     = "anchors"
 	DetectPostprocess = "postprocess"
 	DetectYOLOv5      = "yolov5"
 	DetectYOLOv8      = "yolov8"
@@ -205,9 +236,16 @@ func (m Model) Validate() error {
 		add("output.detection.score_threshold", "must be within 0..1")
 	}
 	switch d.Format {
-	case "", DetectPostprocess, DetectYOLOv5, DetectYOLOv8, DetectEnd2End:
+	case "", DetectPostprocess, DetectYOLOv5, DetectYOLOv8, DetectEnd2End, DetectAnchors:
 	default:
-		add("output.detection.format", "unknown format %q (want postprocess, yolov5, yolov8 or end2end)", d.Format)
+		add("output.detection.format", "unknown format %q (want postprocess, yolov5, yolov8, end2end or anchors)", d.Format)
+	}
+	if a := d.Anchors; a.Order != "" && a.Order != "xywh" && a.Order != "yxhw" {
+		add("output.detection.anchors.order", "unknown order %q (want xywh or yxhw)", a.Order)
+	} else if len(a.Scale) != 0 && len(a.Scale) != 4 {
+		add("output.detection.anchors.scale", "has %d values; want 4 (x, y, w, h)", len(a.Scale))
+	} else if a.MinScale < 0 || a.MaxScale < a.MinScale && a.MaxScale != 0 {
+		add("output.detection.anchors", "want 0 ≤ min_scale ≤ max_scale")
 	}
 	switch d.BoxUnits {
 	case "", "normalized", "pixels":
