@@ -286,20 +286,21 @@ func (p *Pipeline) run(ctx context.Context, e *modelEntry, s *Serving, variant s
 	lat := p.now().Sub(start)
 	e.stats.observe(lat)
 	r := &result.Result{
-		Schema:     result.Schema,
-		Device:     p.opt.Device,
-		Model:      e.cfg.Name,
-		Version:    s.Version,
-		Variant:    variant,
-		TS:         start.UTC(),
-		LatencyUS:  lat.Microseconds(),
-		Source:     f.Source,
-		FrameSeq:   f.Seq,
-		Outputs:    po.Outputs,
-		Classes:    po.Classes,
-		Detections: po.Detections,
-		Values:     po.Values,
-		InputRef:   f.Ref,
+		Schema:       result.Schema,
+		Device:       p.opt.Device,
+		Model:        e.cfg.Name,
+		Version:      s.Version,
+		Variant:      variant,
+		TS:           start.UTC(),
+		LatencyUS:    lat.Microseconds(),
+		Source:       f.Source,
+		FrameSeq:     f.Seq,
+		Outputs:      po.Outputs,
+		Classes:      po.Classes,
+		Detections:   po.Detections,
+		Values:       po.Values,
+		Segmentation: po.Segmentation,
+		InputRef:     f.Ref,
 	}
 	e.offer(f, in, out, r)
 	if o := p.observer.Load(); o != nil {

@@ -34,6 +34,8 @@ type Output struct {
 	Detections []Detection        `json:"detections,omitempty"`
 	Values     map[string]float64 `json:"values,omitempty"`  // regression
 	Outputs    [][]float64        `json:"outputs,omitempty"` // raw, dequantised, one slice per output tensor
+	// Segmentation is a segmentation model's mask and class areas (segment.go).
+	Segmentation *result.Segmentation `json:"segmentation,omitempty"`
 }
 
 // The scored items are the result record's own types (agent/result), so the pipeline hands
@@ -75,6 +77,8 @@ type Postprocessor struct {
 	// regression
 	reg   int
 	names []string
+
+	seg *segHead // segmentation (segment.go)
 }
 
 // New validates s against the model's outputs and loads its labels (LabelsFile through
@@ -132,6 +136,8 @@ func NewFor(s spec.Output, inputs, outputs []infer.TensorInfo, readFile func(str
 		}
 	case spec.OutputRegression:
 		err = p.newRegression(s.Regression)
+	case spec.OutputSegmentation:
+		err = p.newSegmentation(s.Segmentation)
 	case spec.OutputRaw:
 		for i, o := range p.outputs {
 			if err = numeric(o); err != nil {
@@ -178,6 +184,10 @@ func (p *Postprocessor) newClassification(c spec.Classification) error {
 	n := o.Elements()
 	if n < 1 {
 		return fmt.Errorf("output.classification.tensor: output %d (%s) %s holds no scores", c.Tensor, o.Name, shapeText(o))
+	}
+	if wide := slices.DeleteFunc(slices.Clone(o.Shape), func(d int) bool { return d == 1 }); len(wide) > 1 {
+		// A class index would be a flattened position, not a class.
+		return fmt.Errorf("output.classification.tensor: output %d (%s) %s is not one score per class but %d dimensions of them: a per-pixel output wants kind segmentation, a detection head kind detection", c.Tensor, o.Name, shapeText(o), len(wide))
 	}
 	p.cls, p.soft, p.thr = c.Tensor, c.Softmax, c.Threshold
 	if !c.Softmax {
@@ -296,6 +306,8 @@ func (p *Postprocessor) Apply(out []infer.Tensor) (Output, error) {
 		return p.detect(out)
 	case spec.OutputRegression:
 		return p.regress(out)
+	case spec.OutputSegmentation:
+		return p.segment(out)
 	}
 	return p.raw(out)
 }

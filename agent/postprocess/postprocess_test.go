@@ -336,7 +336,7 @@ func TestNewErrors(t *testing.T) {
 		want string
 	}{
 		{"no outputs", spec.Output{}, nil, nil, "no output tensors"},
-		{"bad kind", spec.Output{Kind: "segmentation"}, ssd, nil, "output.kind"},
+		{"bad kind", spec.Output{Kind: "caption"}, ssd, nil, "output.kind"},
 		{"classification tensor out of range", spec.Output{Kind: spec.OutputClassification, Classification: spec.Classification{Tensor: 4}}, ssd, nil, "output.classification.tensor: output 4 does not exist; the model has 4 output(s), 0..3"},
 		{"classification on a string tensor", spec.Output{Kind: spec.OutputClassification}, []infer.TensorInfo{info(infer.String, 1, 3)}, nil, "not numbers"},
 		{"detection index out of range", spec.Output{Kind: spec.OutputDetection, Detection: spec.Detection{Scores: &five}}, ssd, nil, "output.detection.scores: output 5 does not exist"},

@@ -30,6 +30,8 @@ type Result struct {
 	Classes    []Class            `json:"classes,omitempty"`
 	Detections []Detection        `json:"detections,omitempty"`
 	Values     map[string]float64 `json:"values,omitempty"`
+	// Segmentation is the mask of a segmentation model.
+	Segmentation *Segmentation `json:"segmentation,omitempty"`
 
 	InputRef string `json:"input_ref,omitempty"`
 }
@@ -49,6 +51,23 @@ type Detection struct {
 	Box   Box     `json:"box"`
 	// Keypoints of the object (a face's eyes, nose, mouth, ears), relative to the picture.
 	Keypoints []Point `json:"keypoints,omitempty"`
+}
+
+// Segmentation is a per-pixel class mask: Mask is a PNG (8-bit grey, each pixel's value its
+// class index), base64 in JSON; Areas give each class present, largest first.
+type Segmentation struct {
+	Width  int         `json:"width"`
+	Height int         `json:"height"`
+	Mask   []byte      `json:"mask_png"`
+	Areas  []ClassArea `json:"areas"`
+}
+
+// ClassArea is the share of the picture one class covers.
+type ClassArea struct {
+	Index    int     `json:"index"`
+	Label    string  `json:"label,omitempty"`
+	Pixels   int     `json:"pixels"`
+	Fraction float64 `json:"fraction"`
 }
 
 // Point is a position relative to the picture (0..1), x from the left, y from the top.

@@ -67,6 +67,7 @@ const (
 	OutputClassification = "classification" // scores → top-k classes
 	OutputDetection      = "detection"      // SSD: boxes, classes, scores, count
 	OutputRegression     = "regression"     // named values
+	OutputSegmentation   = "segmentation"   // per-pixel classes → a mask and areas
 )
 
 // Output says how to read the model's outputs.
@@ -81,6 +82,18 @@ type Output struct {
 	Classification Classification `yaml:"classification,omitempty" json:"classification,omitempty"`
 	Detection      Detection      `yaml:"detection,omitempty" json:"detection,omitempty"`
 	Regression     Regression     `yaml:"regression,omitempty" json:"regression,omitempty"`
+	Segmentation   Segmentation   `yaml:"segmentation,omitempty" json:"segmentation,omitempty"`
+}
+
+// Segmentation turns a per-pixel score tensor ([1,H,W,C] or, with layout nchw, [1,C,H,W]) into
+// a mask of class indexes (the best class of each pixel; with one channel, class 1 where the
+// score passes Threshold) sent as a PNG, and the area of each class.
+type Segmentation struct {
+	Tensor int    `yaml:"tensor,omitempty" json:"tensor,omitempty"`
+	Layout string `yaml:"layout,omitempty" json:"layout,omitempty"` // nhwc (default) | nchw
+	// Threshold of a one-channel mask (default 0.5), after the sigmoid when declared.
+	Threshold float64 `yaml:"threshold,omitempty" json:"threshold,omitempty"`
+	Sigmoid   bool    `yaml:"sigmoid,omitempty" json:"sigmoid,omitempty"`
 }
 
 // Classification post-processing on output tensor Tensor.
@@ -214,9 +227,14 @@ func (m Model) Validate() error {
 	}
 	o := m.Output
 	switch o.Kind {
-	case "", OutputRaw, OutputClassification, OutputDetection, OutputRegression:
+	case "", OutputRaw, OutputClassification, OutputDetection, OutputRegression, OutputSegmentation:
 	default:
-		add("output.kind", "unknown kind %q (want raw, classification, detection or regression)", o.Kind)
+		add("output.kind", "unknown kind %q (want raw, classification, detection, regression or segmentation)", o.Kind)
+	}
+	if g := o.Segmentation; g.Tensor < 0 || g.Threshold < 0 || g.Threshold > 1 {
+		add("output.segmentation", "tensor must be ≥ 0 and threshold within 0..1")
+	} else if g.Layout != "" && g.Layout != "nhwc" && g.Layout != "nchw" {
+		add("output.segmentation.layout", "unknown layout %q (want nhwc or nchw)", g.Layout)
 	}
 	if len(o.Labels) > 0 && o.LabelsFile != "" {
 		add("output.labels", "give labels or labels_file, not both")

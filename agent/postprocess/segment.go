@@ -1,0 +1,111 @@
+package postprocess
+
+// Segmentation: a model's per-pixel scores ([1,H,W,C], or [1,C,H,W] with layout nchw) become
+// a mask of class indexes, each pixel's best class (one channel: class 1 where the score
+// passes the threshold, else 0), encoded as an 8-bit grey PNG, with the area of each class.
+// A 257x257x21 frame is 11 MB of float32 scores; its mask is tens of KB at most.
+
+import (
+	"bytes"
+	"cmp"
+	"fmt"
+	"image"
+	"image/png"
+	"slices"
+
+	"github.com/edge-agent/edge-agent/agent/infer"
+	"github.com/edge-agent/edge-agent/agent/result"
+	"github.com/edge-agent/edge-agent/models/spec"
+)
+
+type segHead struct {
+	tensor  int
+	h, w, c int
+	nchw    bool
+	thr     float64
+	sigmoid bool
+	enc     *png.Encoder
+}
+
+func (p *Postprocessor) newSegmentation(g spec.Segmentation) error {
+	field := "output.segmentation.tensor"
+	o, err := p.tensor(field, g.Tensor)
+	if err != nil {
+		return err
+	}
+	s := &segHead{tensor: g.Tensor, nchw: g.Layout == "nchw", thr: cmp.Or(g.Threshold, 0.5), sigmoid: g.Sigmoid,
+		enc: &png.Encoder{CompressionLevel: png.BestSpeed}}
+	switch sh := o.Shape; {
+	case len(sh) == 3 && sh[0] == 1: // [1,H,W]: one channel
+		s.h, s.w, s.c = sh[1], sh[2], 1
+	case len(sh) == 4 && sh[0] == 1 && s.nchw:
+		s.c, s.h, s.w = sh[1], sh[2], sh[3]
+	case len(sh) == 4 && sh[0] == 1:
+		s.h, s.w, s.c = sh[1], sh[2], sh[3]
+	default:
+		return fmt.Errorf("%s: output %d (%s) has shape %v; segmentation takes [1,H,W,C], [1,H,W] or (layout nchw) [1,C,H,W]", field, g.Tensor, o.Name, o.Shape)
+	}
+	if s.h < 1 || s.w < 1 || s.c < 1 || s.c > 256 {
+		return fmt.Errorf("%s: output %d (%s) %v: want a picture of at least 1x1 with 1 to 256 classes", field, g.Tensor, o.Name, o.Shape)
+	}
+	if s.c == 1 {
+		s.thr = threshold(o, s.thr)
+	}
+	p.seg = s
+	return nil
+}
+
+func (p *Postprocessor) segment(out []infer.Tensor) (Output, error) {
+	s := p.seg
+	v, err := p.values(out, s.tensor)
+	if err != nil {
+		return Output{}, err
+	}
+	mask := image.NewGray(image.Rect(0, 0, s.w, s.h))
+	counts := make([]int, max(s.c, 2))
+	plane := s.h * s.w
+	for i := range plane {
+		class := 0
+		if s.c == 1 {
+			x := v[i]
+			if s.sigmoid {
+				x = sigmoid(x)
+			}
+			if !finite(x) {
+				return Output{}, nonFinite(fmt.Sprintf("segmentation output %d", s.tensor), i, x)
+			}
+			if x >= s.thr {
+				class = 1
+			}
+		} else {
+			best := 0.0
+			for c := range s.c {
+				at := i*s.c + c
+				if s.nchw {
+					at = c*plane + i
+				}
+				x := v[at]
+				if !finite(x) {
+					return Output{}, nonFinite(fmt.Sprintf("segmentation output %d", s.tensor), at, x)
+				}
+				if c == 0 || x > best {
+					best, class = x, c
+				}
+			}
+		}
+		mask.Pix[i] = uint8(class)
+		counts[class]++
+	}
+	var buf bytes.Buffer
+	if err := s.enc.Encode(&buf, mask); err != nil {
+		return Output{}, fmt.Errorf("segmentation: encode the mask: %w", err)
+	}
+	var areas []result.ClassArea
+	for c, n := range counts {
+		if n > 0 {
+			areas = append(areas, result.ClassArea{Index: c, Label: p.label(c), Pixels: n, Fraction: float64(n) / float64(plane)})
+		}
+	}
+	slices.SortStableFunc(areas, func(a, b result.ClassArea) int { return cmp.Compare(b.Pixels, a.Pixels) })
+	return Output{Segmentation: &result.Segmentation{Width: s.w, Height: s.h, Mask: buf.Bytes(), Areas: areas}}, nil
+}
