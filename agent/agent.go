@@ -324,6 +324,9 @@ func BundleModel(m config.Model, man bundle.Manifest, dir string) config.Model {
 	if lf := m.Spec.Output.LabelsFile; lf != "" {
 		m.Spec.Output.LabelsFile = filepath.Join(dir, filepath.FromSlash(lf))
 	}
+	if g := m.Spec.Output.Embedding.Gallery; g != "" {
+		m.Spec.Output.Embedding.Gallery = filepath.Join(dir, filepath.FromSlash(g))
+	}
 	if (m.Delegate == "" || m.Delegate == infer.DelegateAuto) && man.Delegate != "" {
 		m.Delegate = man.Delegate
 	}

@@ -433,6 +433,9 @@ func (c *Config) applyDefaults() {
 		if m.Spec.Output.LabelsFile != "" {
 			m.Spec.Output.LabelsFile = c.Resolve(m.Spec.Output.LabelsFile)
 		}
+		if g := m.Spec.Output.Embedding.Gallery; g != "" {
+			m.Spec.Output.Embedding.Gallery = c.Resolve(g)
+		}
 	}
 	for i := range c.Sources {
 		s := &c.Sources[i]

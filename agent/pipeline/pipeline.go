@@ -300,6 +300,7 @@ func (p *Pipeline) run(ctx context.Context, e *modelEntry, s *Serving, variant s
 		Detections:   po.Detections,
 		Values:       po.Values,
 		Segmentation: po.Segmentation,
+		Embedding:    po.Embedding,
 		InputRef:     f.Ref,
 	}
 	e.offer(f, in, out, r)

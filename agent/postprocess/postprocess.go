@@ -36,6 +36,8 @@ type Output struct {
 	Outputs    [][]float64        `json:"outputs,omitempty"` // raw, dequantised, one slice per output tensor
 	// Segmentation is a segmentation model's mask and class areas (segment.go).
 	Segmentation *result.Segmentation `json:"segmentation,omitempty"`
+	// Embedding is an embedding model's vector and gallery matches (embed.go).
+	Embedding *result.Embedding `json:"embedding,omitempty"`
 }
 
 // The scored items are the result record's own types (agent/result), so the pipeline hands
@@ -78,7 +80,9 @@ type Postprocessor struct {
 	reg   int
 	names []string
 
-	seg *segHead // segmentation (segment.go)
+	seg   *segHead   // segmentation (segment.go)
+	embed *embedHead // embedding (embed.go)
+	sig   bool       // classification: sigmoid per score (multi-label)
 }
 
 // New validates s against the model's outputs and loads its labels (LabelsFile through
@@ -138,6 +142,8 @@ func NewFor(s spec.Output, inputs, outputs []infer.TensorInfo, readFile func(str
 		err = p.newRegression(s.Regression)
 	case spec.OutputSegmentation:
 		err = p.newSegmentation(s.Segmentation)
+	case spec.OutputEmbedding:
+		err = p.newEmbedding(s.Embedding, readFile)
 	case spec.OutputRaw:
 		for i, o := range p.outputs {
 			if err = numeric(o); err != nil {
@@ -189,8 +195,8 @@ func (p *Postprocessor) newClassification(c spec.Classification) error {
 		// A class index would be a flattened position, not a class.
 		return fmt.Errorf("output.classification.tensor: output %d (%s) %s is not one score per class but %d dimensions of them: a per-pixel output wants kind segmentation, a detection head kind detection", c.Tensor, o.Name, shapeText(o), len(wide))
 	}
-	p.cls, p.soft, p.thr = c.Tensor, c.Softmax, c.Threshold
-	if !c.Softmax {
+	p.cls, p.soft, p.sig, p.thr = c.Tensor, c.Softmax, c.Sigmoid, c.Threshold
+	if !c.Softmax && !c.Sigmoid {
 		p.thr = threshold(o, c.Threshold)
 	}
 	p.topK = c.TopK
@@ -308,6 +314,8 @@ func (p *Postprocessor) Apply(out []infer.Tensor) (Output, error) {
 		return p.regress(out)
 	case spec.OutputSegmentation:
 		return p.segment(out)
+	case spec.OutputEmbedding:
+		return p.embedding(out)
 	}
 	return p.raw(out)
 }
@@ -346,6 +354,11 @@ func (p *Postprocessor) classify(out []infer.Tensor) (Output, error) {
 	}
 	if p.soft {
 		softmax(scores)
+	}
+	if p.sig {
+		for i, v := range scores {
+			scores[i] = sigmoid(v)
+		}
 	}
 	top := topK(scores, p.topK)
 	classes := make([]Class, 0, len(top))

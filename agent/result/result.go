@@ -32,6 +32,8 @@ type Result struct {
 	Values     map[string]float64 `json:"values,omitempty"`
 	// Segmentation is the mask of a segmentation model.
 	Segmentation *Segmentation `json:"segmentation,omitempty"`
+	// Embedding is the vector of an embedding model, and its nearest gallery entries.
+	Embedding *Embedding `json:"embedding,omitempty"`
 
 	InputRef string `json:"input_ref,omitempty"`
 }
@@ -60,6 +62,20 @@ type Segmentation struct {
 	Height int         `json:"height"`
 	Mask   []byte      `json:"mask_png"`
 	Areas  []ClassArea `json:"areas"`
+}
+
+// Embedding is a model's vector and the gallery entries nearest to it.
+type Embedding struct {
+	Dim     int       `json:"dim"`
+	Norm    float64   `json:"norm"` // the L2 norm before normalisation
+	Vector  []float64 `json:"vector,omitempty"`
+	Matches []Match   `json:"matches,omitempty"`
+}
+
+// Match is a gallery entry and its cosine similarity to the vector.
+type Match struct {
+	Label      string  `json:"label"`
+	Similarity float64 `json:"similarity"`
 }
 
 // ClassArea is the share of the picture one class covers.

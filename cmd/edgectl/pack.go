@@ -192,6 +192,14 @@ func buildManifest(ps *packSpec) (bundle.Manifest, map[string]string, error) {
 	// delegate is compared with.
 	local := config.Model{Name: man.Name, Path: ps.Model, Version: man.Version, Delegate: infer.DelegateCPU, Threads: 1, Workers: 1, Spec: man.Processing}
 	local.Spec.Output.LabelsFile = ps.Labels
+	if g := man.Processing.Output.Embedding.Gallery; g != "" {
+		// The gallery ships as one of the extras, named by its base name in the manifest.
+		src, ok := files[g]
+		if !ok {
+			return man, nil, fmt.Errorf("processing.output.embedding.gallery: %q is not one of the extras; list the gallery file under extras", g)
+		}
+		local.Spec.Output.Embedding.Gallery = src
+	}
 	serving, err := agent.LoadServing(eng, local, accel.Report{}, nil)
 	if err != nil {
 		return man, nil, err

@@ -166,6 +166,9 @@ func (m *Manifest) Validate() error {
 	if lf := m.Processing.Output.LabelsFile; lf != "" && !seen[lf] {
 		bad("processing.output.labels_file", "%q is not one of the files", lf)
 	}
+	if g := m.Processing.Output.Embedding.Gallery; g != "" && !seen[g] {
+		bad("processing.output.embedding.gallery", "%q is not one of the files (ship the gallery in the bundle)", g)
+	}
 	for i, t := range append(append([]Tensor{}, m.Inputs...), m.Outputs...) {
 		if t.DType == "" || len(t.Shape) == 0 {
 			bad(fmt.Sprintf("inputs/outputs[%d]", i), "needs dtype and shape")

@@ -68,6 +68,7 @@ const (
 	OutputDetection      = "detection"      // SSD: boxes, classes, scores, count
 	OutputRegression     = "regression"     // named values
 	OutputSegmentation   = "segmentation"   // per-pixel classes → a mask and areas
+	OutputEmbedding      = "embedding"      // a vector, optionally normalised and matched against a gallery
 )
 
 // Output says how to read the model's outputs.
@@ -83,6 +84,20 @@ type Output struct {
 	Detection      Detection      `yaml:"detection,omitempty" json:"detection,omitempty"`
 	Regression     Regression     `yaml:"regression,omitempty" json:"regression,omitempty"`
 	Segmentation   Segmentation   `yaml:"segmentation,omitempty" json:"segmentation,omitempty"`
+	Embedding      Embedding      `yaml:"embedding,omitempty" json:"embedding,omitempty"`
+}
+
+// Embedding sends output Tensor as a vector (faces, images, text, styles), L2-normalised when
+// Normalize, and, with a Gallery (a JSON file of labelled vectors, shipped in the bundle), the
+// TopK nearest entries by cosine similarity at or above MinSimilarity.
+type Embedding struct {
+	Tensor        int     `yaml:"tensor,omitempty" json:"tensor,omitempty"`
+	Normalize     bool    `yaml:"normalize,omitempty" json:"normalize,omitempty"`
+	Gallery       string  `yaml:"gallery,omitempty" json:"gallery,omitempty"`
+	TopK          int     `yaml:"top_k,omitempty" json:"top_k,omitempty"` // default 1
+	MinSimilarity float64 `yaml:"min_similarity,omitempty" json:"min_similarity,omitempty"`
+	// OmitVector sends only the matches (the vector can be most of a record).
+	OmitVector bool `yaml:"omit_vector,omitempty" json:"omit_vector,omitempty"`
 }
 
 // Segmentation turns a per-pixel score tensor ([1,H,W,C] or, with layout nchw, [1,C,H,W]) into
@@ -101,7 +116,10 @@ type Classification struct {
 	Tensor int `yaml:"tensor,omitempty" json:"tensor,omitempty"`
 	TopK   int `yaml:"top_k,omitempty" json:"top_k,omitempty"` // default 1
 	// Softmax applies softmax first; set it when the model outputs logits (declared, never guessed).
-	Softmax   bool    `yaml:"softmax,omitempty" json:"softmax,omitempty"`
+	Softmax bool `yaml:"softmax,omitempty" json:"softmax,omitempty"`
+	// Sigmoid applies the sigmoid to each score on its own: a multi-label model's logits, where
+	// several classes can hold at once (top_k and threshold then pick them).
+	Sigmoid   bool    `yaml:"sigmoid,omitempty" json:"sigmoid,omitempty"`
 	Threshold float64 `yaml:"threshold,omitempty" json:"threshold,omitempty"` // drop classes scoring below
 }
 
@@ -227,9 +245,9 @@ func (m Model) Validate() error {
 	}
 	o := m.Output
 	switch o.Kind {
-	case "", OutputRaw, OutputClassification, OutputDetection, OutputRegression, OutputSegmentation:
+	case "", OutputRaw, OutputClassification, OutputDetection, OutputRegression, OutputSegmentation, OutputEmbedding:
 	default:
-		add("output.kind", "unknown kind %q (want raw, classification, detection, regression or segmentation)", o.Kind)
+		add("output.kind", "unknown kind %q (want raw, classification, detection, regression, segmentation or embedding)", o.Kind)
 	}
 	if g := o.Segmentation; g.Tensor < 0 || g.Threshold < 0 || g.Threshold > 1 {
 		add("output.segmentation", "tensor must be ≥ 0 and threshold within 0..1")
@@ -248,6 +266,12 @@ func (m Model) Validate() error {
 	}
 	if c.Threshold < 0 {
 		add("output.classification.threshold", "must be ≥ 0")
+	}
+	if c.Softmax && c.Sigmoid {
+		add("output.classification", "softmax and sigmoid exclude each other: softmax for one class among many, sigmoid for several that can hold at once")
+	}
+	if e := o.Embedding; e.Tensor < 0 || e.TopK < 0 || e.MinSimilarity < -1 || e.MinSimilarity > 1 {
+		add("output.embedding", "tensor and top_k must be ≥ 0 and min_similarity within -1..1")
 	}
 	d := o.Detection
 	if d.ScoreThreshold < 0 || d.ScoreThreshold > 1 {
