@@ -105,6 +105,20 @@ type TensorInfo struct {
 // Elements is the number of elements the shape holds.
 func (t TensorInfo) Elements() int { return Elements(t.Shape) }
 
+// Dynamic reports a shape known only after an invoke: a dimension the model leaves open (-1),
+// or an output the runtime has not sized yet (no bytes; a scalar has its element's bytes).
+func (t TensorInfo) Dynamic() bool {
+	if t.Bytes == 0 && t.DType.Size() > 0 {
+		return true
+	}
+	for _, d := range t.Shape {
+		if d < 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // Elements is the product of a shape's dimensions (1 for a scalar).
 func Elements(shape []int) int {
 	n := 1

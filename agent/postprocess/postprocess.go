@@ -320,10 +320,11 @@ func (p *Postprocessor) Apply(out []infer.Tensor) (Output, error) {
 	return p.raw(out)
 }
 
-// values dequantises output i, checking it against the model's description.
+// values dequantises output i, checking it against the model's description. An output whose
+// shape is dynamic (known only after the invoke) is taken at the shape the invoke gave it.
 func (p *Postprocessor) values(out []infer.Tensor, i int) ([]float64, error) {
 	o, t := p.outputs[i], out[i]
-	if t.DType != o.DType || t.Len() != o.Elements() || t.Check() != nil {
+	if t.DType != o.DType || t.Check() != nil || !o.Dynamic() && t.Len() != o.Elements() {
 		return nil, fmt.Errorf("output %d is %s with %d bytes, the model describes %s", i, t.DType, len(t.Data), shapeText(o))
 	}
 	return t.Floats(o.Quant), nil

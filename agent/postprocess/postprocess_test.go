@@ -535,3 +535,23 @@ func BenchmarkClassification1001(b *testing.B) {
 		}
 	}
 }
+
+// An output whose shape is only known after the invoke (an image-to-image model: the runtime
+// describes it as float32[] with no bytes until then) is read at the shape the invoke gave it;
+// a fixed output of the wrong size is still refused.
+func TestDynamicOutputShape(t *testing.T) {
+	dyn := infer.TensorInfo{Name: "image", DType: infer.Float32, Shape: []int{}, Bytes: 0}
+	p := mustNew(t, spec.Output{}, []infer.TensorInfo{dyn})
+	out, err := p.Apply([]infer.Tensor{f32([]int{1, 2, 3, 1}, 1, 2, 3, 4, 5, 6)})
+	if err != nil || len(out.Outputs) != 1 || len(out.Outputs[0]) != 6 || out.Outputs[0][5] != 6 {
+		t.Errorf("dynamic output: %+v, %v; want the 6 values the invoke gave", out.Outputs, err)
+	}
+	open := infer.TensorInfo{Name: "boxes", DType: infer.Float32, Shape: []int{1, -1, 4}, Bytes: 16}
+	if _, err := mustNew(t, spec.Output{}, []infer.TensorInfo{open}).Apply([]infer.Tensor{f32([]int{1, 2, 4}, make([]float32, 8)...)}); err != nil {
+		t.Errorf("an open dimension: %v", err)
+	}
+	fixed := mustNew(t, spec.Output{}, []infer.TensorInfo{info(infer.Float32, 1, 4)})
+	if _, err := fixed.Apply([]infer.Tensor{f32([]int{1, 6}, make([]float32, 6)...)}); err == nil {
+		t.Error("a fixed [1,4] output given 6 values was accepted")
+	}
+}

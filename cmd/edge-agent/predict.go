@@ -249,6 +249,9 @@ func cmdInspect(args []string, stdout, stderr io.Writer) error {
 			if t.Quant.Quantised() {
 				q = fmt.Sprintf("  scale %g zero_point %d", t.Quant.Scale, t.Quant.ZeroPoint)
 			}
+			if t.Dynamic() {
+				q += "  dynamic: its shape is known only after an invoke"
+			}
 			fmt.Fprintf(stdout, "%-8s %d %-32s %-8s %v%s\n", group.name, t.Index, t.Name, t.DType, t.Shape, q)
 		}
 	}
