@@ -301,6 +301,7 @@ func (p *Pipeline) run(ctx context.Context, e *modelEntry, s *Serving, variant s
 		Values:       po.Values,
 		Segmentation: po.Segmentation,
 		Embedding:    po.Embedding,
+		Poses:        po.Poses,
 		InputRef:     f.Ref,
 	}
 	e.offer(f, in, out, r)

@@ -38,6 +38,8 @@ type Output struct {
 	Segmentation *result.Segmentation `json:"segmentation,omitempty"`
 	// Embedding is an embedding model's vector and gallery matches (embed.go).
 	Embedding *result.Embedding `json:"embedding,omitempty"`
+	// Poses of a keypoints model (pose.go).
+	Poses []result.Pose `json:"poses,omitempty"`
 }
 
 // The scored items are the result record's own types (agent/result), so the pipeline hands
@@ -82,6 +84,7 @@ type Postprocessor struct {
 
 	seg   *segHead   // segmentation (segment.go)
 	embed *embedHead // embedding (embed.go)
+	pose  *poseHead  // keypoints (pose.go)
 	sig   bool       // classification: sigmoid per score (multi-label)
 }
 
@@ -144,6 +147,8 @@ func NewFor(s spec.Output, inputs, outputs []infer.TensorInfo, readFile func(str
 		err = p.newSegmentation(s.Segmentation)
 	case spec.OutputEmbedding:
 		err = p.newEmbedding(s.Embedding, readFile)
+	case spec.OutputKeypoints:
+		err = p.newKeypoints(s.Keypoints, inputs)
 	case spec.OutputRaw:
 		for i, o := range p.outputs {
 			if err = numeric(o); err != nil {
@@ -316,6 +321,8 @@ func (p *Postprocessor) Apply(out []infer.Tensor) (Output, error) {
 		return p.segment(out)
 	case spec.OutputEmbedding:
 		return p.embedding(out)
+	case spec.OutputKeypoints:
+		return p.keypoints(out)
 	}
 	return p.raw(out)
 }

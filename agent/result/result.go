@@ -34,6 +34,8 @@ type Result struct {
 	Segmentation *Segmentation `json:"segmentation,omitempty"`
 	// Embedding is the vector of an embedding model, and its nearest gallery entries.
 	Embedding *Embedding `json:"embedding,omitempty"`
+	// Poses of a keypoints model.
+	Poses []Pose `json:"poses,omitempty"`
 
 	InputRef string `json:"input_ref,omitempty"`
 }
@@ -62,6 +64,22 @@ type Segmentation struct {
 	Height int         `json:"height"`
 	Mask   []byte      `json:"mask_png"`
 	Areas  []ClassArea `json:"areas"`
+}
+
+// Pose is one body's keypoints, relative to the picture, with the pose's score (the mean of
+// its keypoints' when the model gives none) and, from multi-pose models, its box.
+type Pose struct {
+	Score     float64    `json:"score"`
+	Box       *Box       `json:"box,omitempty"`
+	Keypoints []Keypoint `json:"keypoints"`
+}
+
+// Keypoint is a named point of a pose with its score.
+type Keypoint struct {
+	Name  string  `json:"name,omitempty"`
+	X     float64 `json:"x"`
+	Y     float64 `json:"y"`
+	Score float64 `json:"score"`
 }
 
 // Embedding is a model's vector and the gallery entries nearest to it.

@@ -69,6 +69,7 @@ const (
 	OutputRegression     = "regression"     // named values
 	OutputSegmentation   = "segmentation"   // per-pixel classes → a mask and areas
 	OutputEmbedding      = "embedding"      // a vector, optionally normalised and matched against a gallery
+	OutputKeypoints      = "keypoints"      // poses: named keypoints with scores
 )
 
 // Output says how to read the model's outputs.
@@ -85,6 +86,27 @@ type Output struct {
 	Regression     Regression     `yaml:"regression,omitempty" json:"regression,omitempty"`
 	Segmentation   Segmentation   `yaml:"segmentation,omitempty" json:"segmentation,omitempty"`
 	Embedding      Embedding      `yaml:"embedding,omitempty" json:"embedding,omitempty"`
+	Keypoints      Keypoints      `yaml:"keypoints,omitempty" json:"keypoints,omitempty"`
+}
+
+// Keypoints decodes pose models:
+//
+//	movenet  (default) single pose [1,1,K,3] (y, x, score per keypoint), or multi-pose [1,P,3K+5]
+//	         (K keypoints, then ymin, xmin, ymax, xmax and the pose's score)
+//	posenet  heatmaps [1,H,W,K] (logits) and offsets [1,H,W,2K] (y offsets, then x, in input
+//	         pixels): one pose, each keypoint at its heatmap's peak plus the offset there
+//
+// Names label the keypoints in order (default: COCO's 17, nose to right ankle).
+type Keypoints struct {
+	Format string `yaml:"format,omitempty" json:"format,omitempty"`
+	// Tensor is the output (movenet) or the heatmaps (posenet); Offsets the posenet offsets.
+	Tensor  int `yaml:"tensor,omitempty" json:"tensor,omitempty"`
+	Offsets int `yaml:"offsets,omitempty" json:"offsets,omitempty"` // default 1
+	// OutputStride: input pixels per heatmap cell (posenet; default from the sizes).
+	OutputStride int      `yaml:"output_stride,omitempty" json:"output_stride,omitempty"`
+	Names        []string `yaml:"names,omitempty" json:"names,omitempty"`
+	// ScoreThreshold drops poses (multi-pose) scoring below it (default 0.2).
+	ScoreThreshold float64 `yaml:"score_threshold,omitempty" json:"score_threshold,omitempty"`
 }
 
 // Embedding sends output Tensor as a vector (faces, images, text, styles), L2-normalised when
@@ -245,9 +267,15 @@ func (m Model) Validate() error {
 	}
 	o := m.Output
 	switch o.Kind {
-	case "", OutputRaw, OutputClassification, OutputDetection, OutputRegression, OutputSegmentation, OutputEmbedding:
+	case "", OutputRaw, OutputClassification, OutputDetection, OutputRegression, OutputSegmentation, OutputEmbedding, OutputKeypoints:
 	default:
-		add("output.kind", "unknown kind %q (want raw, classification, detection, regression, segmentation or embedding)", o.Kind)
+		add("output.kind", "unknown kind %q (want raw, classification, detection, regression, segmentation, embedding or keypoints)", o.Kind)
+	}
+	switch k := o.Keypoints; {
+	case k.Format != "" && k.Format != "movenet" && k.Format != "posenet":
+		add("output.keypoints.format", "unknown format %q (want movenet or posenet)", k.Format)
+	case k.ScoreThreshold < 0 || k.ScoreThreshold > 1 || k.OutputStride < 0:
+		add("output.keypoints", "score_threshold must be within 0..1 and output_stride ≥ 0")
 	}
 	if g := o.Segmentation; g.Tensor < 0 || g.Threshold < 0 || g.Threshold > 1 {
 		add("output.segmentation", "tensor must be ≥ 0 and threshold within 0..1")
