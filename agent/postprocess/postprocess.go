@@ -11,6 +11,7 @@ package postprocess
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -335,6 +336,25 @@ func (p *Postprocessor) values(out []infer.Tensor, i int) ([]float64, error) {
 		return nil, fmt.Errorf("output %d is %s with %d bytes, the model describes %s", i, t.DType, len(t.Data), shapeText(o))
 	}
 	return t.Floats(o.Quant), nil
+}
+
+// reader is values without the copy: element i of output i, dequantised, read where it is.
+// Decoders of large outputs (a YOLO head, a segmentation map) use it; float32, the common case,
+// is read directly.
+func (p *Postprocessor) reader(out []infer.Tensor, i int) (func(int) float64, error) {
+	o, t := p.outputs[i], out[i]
+	if t.DType != o.DType || t.Check() != nil || !o.Dynamic() && t.Len() != o.Elements() {
+		return nil, fmt.Errorf("output %d is %s with %d bytes, the model describes %s", i, t.DType, len(t.Data), shapeText(o))
+	}
+	d, q := t.Data, o.Quant
+	switch {
+	case t.DType == infer.Float32 && !q.Quantised():
+		return func(k int) float64 { return float64(math.Float32frombits(binary.LittleEndian.Uint32(d[4*k:]))) }, nil
+	case q.Quantised():
+		scale, zero := float64(q.Scale), float64(q.ZeroPoint)
+		return func(k int) float64 { return scale * (t.Float(k) - zero) }, nil
+	}
+	return t.Float, nil
 }
 
 func nonFinite(what string, i int, v float64) error {

@@ -57,7 +57,7 @@ func (p *Postprocessor) newSegmentation(g spec.Segmentation) error {
 
 func (p *Postprocessor) segment(out []infer.Tensor) (Output, error) {
 	s := p.seg
-	v, err := p.values(out, s.tensor)
+	get, err := p.reader(out, s.tensor)
 	if err != nil {
 		return Output{}, err
 	}
@@ -67,7 +67,7 @@ func (p *Postprocessor) segment(out []infer.Tensor) (Output, error) {
 	for i := range plane {
 		class := 0
 		if s.c == 1 {
-			x := v[i]
+			x := get(i)
 			if s.sigmoid {
 				x = sigmoid(x)
 			}
@@ -84,12 +84,12 @@ func (p *Postprocessor) segment(out []infer.Tensor) (Output, error) {
 				if s.nchw {
 					at = c*plane + i
 				}
-				x := v[at]
-				if !finite(x) {
-					return Output{}, nonFinite(fmt.Sprintf("segmentation output %d", s.tensor), at, x)
-				}
+				x := get(at)
 				if c == 0 || x > best {
 					best, class = x, c
+				}
+				if x != x || x-x != 0 { // NaN or ±Inf (finite, inlined: this loop runs H·W·C times)
+					return Output{}, nonFinite(fmt.Sprintf("segmentation output %d", s.tensor), at, x)
 				}
 			}
 		}

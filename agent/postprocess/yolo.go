@@ -109,15 +109,15 @@ func sigmoid(x float64) float64 { return 1 / (1 + math.Exp(-x)) }
 
 func (p *Postprocessor) decodeYOLO(out []infer.Tensor) (Output, error) {
 	h := p.yolo
-	v, err := p.values(out, h.tensor)
+	get, err := p.reader(out, h.tensor)
 	if err != nil {
 		return Output{}, err
 	}
 	at := func(i, j int) float64 {
 		if h.attrsFirst {
-			return v[j*h.n+i]
+			return get(j*h.n + i)
 		}
-		return v[i*h.attrs+j]
+		return get(i*h.attrs + j)
 	}
 	what := fmt.Sprintf("detection output %d", h.tensor)
 	var cands []candidate
