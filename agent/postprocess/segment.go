@@ -8,9 +8,11 @@ package postprocess
 import (
 	"bytes"
 	"cmp"
+	"encoding/binary"
 	"fmt"
 	"image"
 	"image/png"
+	"math"
 	"slices"
 
 	"github.com/edge-agent/edge-agent/agent/infer"
@@ -64,6 +66,13 @@ func (p *Postprocessor) segment(out []infer.Tensor) (Output, error) {
 	mask := image.NewGray(image.Rect(0, 0, s.w, s.h))
 	counts := make([]int, max(s.c, 2))
 	plane := s.h * s.w
+	if t := out[s.tensor]; s.c > 1 && !s.nchw && t.DType == infer.Float32 && !p.outputs[s.tensor].Quant.Quantised() {
+		// The common case (float32, NHWC) read directly: this loop runs H·W·C times.
+		if at := argmaxF32(t.Data, s.c, mask.Pix, counts); at >= 0 {
+			return Output{}, nonFinite(fmt.Sprintf("segmentation output %d", s.tensor), at, get(at))
+		}
+		return p.segResult(mask, counts)
+	}
 	for i := range plane {
 		class := 0
 		if s.c == 1 {
@@ -96,6 +105,34 @@ func (p *Postprocessor) segment(out []infer.Tensor) (Output, error) {
 		mask.Pix[i] = uint8(class)
 		counts[class]++
 	}
+	return p.segResult(mask, counts)
+}
+
+// argmaxF32 writes each pixel's best class of a float32 NHWC map into pix and counts them; it
+// returns the index of a NaN or infinite score, or -1.
+func argmaxF32(d []byte, c int, pix []uint8, counts []int) int {
+	for i := range pix {
+		base := i * c * 4
+		best, class := math.Float32frombits(binary.LittleEndian.Uint32(d[base:])), 0
+		for k := 0; k < c; k++ {
+			x := math.Float32frombits(binary.LittleEndian.Uint32(d[base+4*k:]))
+			if x-x != 0 { // NaN or ±Inf
+				return i*c + k
+			}
+			if x > best {
+				best, class = x, k
+			}
+		}
+		pix[i] = uint8(class)
+		counts[class]++
+	}
+	return -1
+}
+
+// segResult encodes the mask and lists the areas.
+func (p *Postprocessor) segResult(mask *image.Gray, counts []int) (Output, error) {
+	s := p.seg
+	plane := s.w * s.h
 	var buf bytes.Buffer
 	if err := s.enc.Encode(&buf, mask); err != nil {
 		return Output{}, fmt.Errorf("segmentation: encode the mask: %w", err)

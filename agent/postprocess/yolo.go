@@ -120,6 +120,23 @@ func (p *Postprocessor) decodeYOLO(out []infer.Tensor) (Output, error) {
 		return get(i*h.attrs + j)
 	}
 	what := fmt.Sprintf("detection output %d", h.tensor)
+	// With the attributes first ([1,84,8400]) a candidate's class scores lie a whole row apart:
+	// find every candidate's best class row by row, in memory order, instead.
+	var rowBest []float64
+	var rowClass []int32
+	if h.attrsFirst && h.format != spec.DetectEnd2End {
+		rowBest, rowClass = bestByRows(get, h)
+	}
+	best := func(i int) (float64, int) {
+		if rowBest == nil {
+			return bestClass(at, i, h)
+		}
+		s := rowBest[i]
+		if h.sigmoid {
+			s = sigmoid(s)
+		}
+		return s, int(rowClass[i])
+	}
 	var cands []candidate
 	for i := range h.n {
 		score, class := 0.0, 0
@@ -140,10 +157,10 @@ func (p *Postprocessor) decodeYOLO(out []infer.Tensor) (Output, error) {
 			if obj < h.thr {
 				continue // score = objectness × class score ≤ objectness
 			}
-			score, class = bestClass(at, i, h)
+			score, class = best(i)
 			score *= obj
 		default:
-			score, class = bestClass(at, i, h)
+			score, class = best(i)
 		}
 		if !finite(score) {
 			return Output{}, nonFinite(what, i, score)
@@ -190,6 +207,28 @@ func (p *Postprocessor) decodeYOLO(out []infer.Tensor) (Output, error) {
 		dets[i] = Detection{Class: c.class, Label: p.label(c.class), Score: c.score, Box: c.box}
 	}
 	return Output{Detections: dets}, nil
+}
+
+// bestByRows is each candidate's highest class score (before any sigmoid) and its class, for
+// the attributes-first layout, reading the class rows in order. A NaN score stays NaN.
+func bestByRows(get func(int) float64, h *yoloHead) ([]float64, []int32) {
+	best, class := make([]float64, h.n), make([]int32, h.n)
+	for i := range best {
+		best[i] = math.Inf(-1)
+	}
+	for j := h.classStart; j < h.attrs; j++ {
+		row := j * h.n
+		c := int32(j - h.classStart)
+		for i := range h.n {
+			switch s := get(row + i); {
+			case s > best[i]:
+				best[i], class[i] = s, c
+			case s != s: // NaN: reported by the caller's finite check
+				best[i], class[i] = s, c
+			}
+		}
+	}
+	return best, class
 }
 
 // bestClass is the highest class score of candidate i (after the sigmoid when declared).
