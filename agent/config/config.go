@@ -5,13 +5,13 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,6 +21,7 @@ import (
 
 	"github.com/edge-agent/edge-agent/agent/infer"
 	"github.com/edge-agent/edge-agent/hal/sensor"
+	"github.com/edge-agent/edge-agent/internal/yamlstrict"
 	"github.com/edge-agent/edge-agent/models/spec"
 )
 
@@ -314,13 +315,11 @@ func Parse(data []byte, dir string) (*Config, error) {
 		// default (no models, the status page on :8080): say so rather than serve nothing.
 		return nil, errors.New("the file is empty or holds only comments: write the sources and models to serve (docs/configuration.md; packaging/config.yaml is a starting point)")
 	}
-	if err := checkKeys(&doc); err != nil {
+	var c Config
+	if err := yamlstrict.Check(&doc, reflect.TypeFor[Config]()); err != nil {
 		return nil, err
 	}
-	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true) // a backstop: checkKeys has named any unknown key by its path
-	if err := dec.Decode(&c); err != nil {
+	if err := doc.Decode(&c); err != nil {
 		return nil, fmt.Errorf("parse: %w", err)
 	}
 	c.dir = dir

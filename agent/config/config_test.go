@@ -55,7 +55,7 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"models: [{name: m, path: x, sources: [cam]}]", `models[0].sources[0]: no source is named "cam"`},
 		{"models: [{name: m, path: x, input: {image: {resize: cubic}}}]", "models[0].input.image.resize"},
 		{"models: [{name: m, path: x, input: {image: {std: [0]}}}]", "models[0].input.image.std[0]: must not be 0"},
-		{"models: [{name: m, path: x, output: {kind: segmentation}}]", "models[0].output.kind"},
+		{"models: [{name: m, path: x, output: {kind: caption}}]", "models[0].output.kind"},
 		{"modles: []", "modles (line 1): unknown key; the keys here are bundles, commands,"},
 		{"log:\n  level: info\n  colour: red", "log.colour (line 3): unknown key; the keys here are format, level"},
 		{"mqtt: {keepalive: soon}", `mqtt.keepalive (line 1): "soon" is not a duration (such as 500ms, 30s, 5m)`},

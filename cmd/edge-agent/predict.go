@@ -12,8 +12,6 @@ import (
 	"runtime"
 	"strings"
 
-	"gopkg.in/yaml.v3"
-
 	"github.com/edge-agent/edge-agent/agent"
 	"github.com/edge-agent/edge-agent/agent/config"
 	"github.com/edge-agent/edge-agent/agent/infer"
@@ -23,6 +21,7 @@ import (
 	"github.com/edge-agent/edge-agent/hal/accel"
 	"github.com/edge-agent/edge-agent/hal/sensor"
 	"github.com/edge-agent/edge-agent/hal/sensor/file"
+	"github.com/edge-agent/edge-agent/internal/yamlstrict"
 	"github.com/edge-agent/edge-agent/models/spec"
 )
 
@@ -93,9 +92,7 @@ func readSpec(path string) (spec.Model, error) {
 	if err != nil {
 		return s, fmt.Errorf("spec: %w", err)
 	}
-	dec := yaml.NewDecoder(strings.NewReader(string(b)))
-	dec.KnownFields(true)
-	if err := dec.Decode(&s); err != nil && !errors.Is(err, io.EOF) {
+	if err := yamlstrict.Decode(b, &s); err != nil {
 		return s, fmt.Errorf("spec %s: %w", path, err)
 	}
 	if s.Output.LabelsFile != "" && !filepath.IsAbs(s.Output.LabelsFile) {

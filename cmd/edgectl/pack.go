@@ -16,14 +16,13 @@ import (
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
-
 	"github.com/edge-agent/edge-agent/agent"
 	"github.com/edge-agent/edge-agent/agent/config"
 	"github.com/edge-agent/edge-agent/agent/infer"
 	"github.com/edge-agent/edge-agent/hal/accel"
 	"github.com/edge-agent/edge-agent/hal/sensor"
 	"github.com/edge-agent/edge-agent/hal/sensor/file"
+	"github.com/edge-agent/edge-agent/internal/yamlstrict"
 	"github.com/edge-agent/edge-agent/models/bundle"
 	"github.com/edge-agent/edge-agent/models/sign"
 	"github.com/edge-agent/edge-agent/models/spec"
@@ -134,9 +133,7 @@ func readPackSpec(path string) (*packSpec, error) {
 		return nil, err
 	}
 	var ps packSpec
-	dec := yaml.NewDecoder(strings.NewReader(string(b)))
-	dec.KnownFields(true)
-	if err := dec.Decode(&ps); err != nil {
+	if err := yamlstrict.Decode(b, &ps); err != nil {
 		return nil, fmt.Errorf("spec %s: %w", path, err)
 	}
 	dir := filepath.Dir(path)

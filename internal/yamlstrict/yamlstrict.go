@@ -1,4 +1,9 @@
-package config
+// Package yamlstrict decodes YAML into Go types with errors a person can act on: every unknown
+// key and every value of the wrong kind is reported by its path (log.colour, sources[1].rate,
+// input.image.mean) and line, never by the Go type the decoder was filling, and all of them
+// at once (up to 10). It is how the agent's config, model spec files and bundle pack specs
+// are read.
+package yamlstrict
 
 import (
 	"errors"
@@ -19,12 +24,28 @@ var (
 	durationType    = reflect.TypeFor[time.Duration]()
 )
 
-// checkKeys walks a config document against the Config type before it is decoded, so that
-// an unknown key or a value of the wrong type is reported by its path (log.colour,
-// sources[1].rate) and line, not by the Go type the decoder was filling.
-func checkKeys(doc *yaml.Node) error {
+// Decode decodes data into v (a pointer), after Check. An empty document leaves v as it is.
+func Decode(data []byte, v any) error {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return err
+	}
+	if len(doc.Content) == 0 {
+		return nil
+	}
+	if err := Check(&doc, reflect.TypeOf(v).Elem()); err != nil {
+		return err
+	}
+	return doc.Decode(v)
+}
+
+// Check walks a document against type t before it is decoded, so that an unknown key or a
+// value of the wrong type is reported by its path and line, not by the Go type the decoder
+// was filling. A single number where a list of numbers is wanted (mean: 127.5) is taken as a
+// list of one: the node is rewritten, so decode the checked node.
+func Check(doc *yaml.Node, t reflect.Type) error {
 	var errs []string
-	walkKeys(doc, reflect.TypeFor[Config](), "", &errs)
+	walkKeys(doc, t, "", &errs)
 	if len(errs) == 0 {
 		return nil
 	}
@@ -90,6 +111,11 @@ func walkKeys(n *yaml.Node, t reflect.Type, path string, errs *[]string) {
 			walkKeys(n.Content[i+1], t.Elem(), join(path, n.Content[i].Value), errs)
 		}
 	case reflect.Slice, reflect.Array:
+		if n.Kind == yaml.ScalarNode && isNumber(t.Elem()) {
+			// mean: 127.5 for mean: [127.5]: one value for every channel.
+			one := *n
+			n.Kind, n.Tag, n.Value, n.Style, n.Content = yaml.SequenceNode, "!!seq", "", yaml.FlowStyle, []*yaml.Node{&one}
+		}
 		if n.Kind != yaml.SequenceNode {
 			at("want a list, not %s", describeNode(n))
 			return
@@ -139,6 +165,16 @@ func join(path, key string) string {
 		return key
 	}
 	return path + "." + key
+}
+
+func isNumber(t reflect.Type) bool {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
+		reflect.Float32, reflect.Float64:
+		return true
+	}
+	return false
 }
 
 func describeNode(n *yaml.Node) string {
