@@ -267,7 +267,7 @@ func (p *Pipeline) run(ctx context.Context, e *modelEntry, s *Serving, variant s
 	in, err := s.Pre.Apply(f, w.in)
 	if err != nil {
 		e.stats.preErrors.Add(1)
-		return nil, postprocess.Output{}, fmt.Errorf("model %q: preprocess frame %s#%d: %w", e.cfg.Name, f.Source, f.Seq, err)
+		return nil, postprocess.Output{}, fmt.Errorf("model %q: preprocess: %w", e.cfg.Name, err) // err names the frame
 	}
 	w.in = in
 	out, err := s.Model.Infer(ctx, in)

@@ -164,7 +164,7 @@ func (p *Preprocessor) Apply(f sensor.Frame, dst []infer.Tensor) ([]infer.Tensor
 		err = p.vec.apply(f.Values, f.Names, dst[0].Data)
 	case spec.InputTensor:
 		if f.Tensor == nil {
-			return dst, fmt.Errorf("%w: input.kind is tensor but frame %s has no tensor", ErrBadFrame, frameName(f))
+			return dst, fmt.Errorf("frame %s: %w: input.kind is tensor but the frame has no tensor", frameName(f), ErrBadFrame)
 		}
 		err = p.applyTensor(f.Tensor, dst)
 	}

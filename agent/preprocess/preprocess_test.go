@@ -375,3 +375,15 @@ func FuzzPreprocessVector(f *testing.F) {
 		}
 	})
 }
+
+// An error names its frame once, however many stages wrap it.
+func TestErrorNamesTheFrameOnce(t *testing.T) {
+	p, err := New(spec.Model{Input: spec.Input{Kind: spec.InputTensor}}, []infer.TensorInfo{{Name: "x", DType: infer.Float32, Shape: []int{1, 2}, Bytes: 8}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = p.Apply(sensor.Frame{Source: "predict", Seq: 1}, nil)
+	if err == nil || strings.Count(err.Error(), "predict#1") != 1 {
+		t.Errorf("%v; want the frame named once", err)
+	}
+}
