@@ -427,13 +427,29 @@ type ModelStats struct {
 	LatencyP50  float64 `json:"latency_p50_ms"`
 	LatencyP95  float64 `json:"latency_p95_ms"`
 	LatencyP99  float64 `json:"latency_p99_ms"`
-	LastError   string  `json:"last_error,omitempty"`
+	// Latency is every inference's latency since start, in LatencyBounds buckets (a
+	// Prometheus histogram, which a fleet can aggregate; the percentiles above cannot be).
+	Latency   Histogram `json:"latency_histogram"`
+	LastError string    `json:"last_error,omitempty"`
 	// Experiment is the running A/B or shadow experiment, if any.
 	Experiment *ExperimentStats `json:"experiment,omitempty"`
 }
 
+// LatencyBounds are the upper bounds (seconds) of the latency histogram's buckets: from a
+// micro-controller-sized model's 1 ms to a large one's 10 s on a small board.
+var LatencyBounds = [...]float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+// Histogram is a latency histogram: Buckets[i] counts observations at or below
+// LatencyBounds[i] (not cumulative); the rest are above the last bound.
+type Histogram struct {
+	Count      uint64                     `json:"count"`
+	SumSeconds float64                    `json:"sum_seconds"`
+	Buckets    [len(LatencyBounds)]uint64 `json:"buckets"`
+}
+
 type modelStats struct {
 	results, preErrors, inferErrors, postErrors, nonFinite, sinkErrors, noVersion atomic.Uint64
+	hist                                                                          Histogram // under mu
 
 	mu      sync.Mutex
 	lat     [256]float64 // ring of recent latencies in ms (bounded)
@@ -442,10 +458,25 @@ type modelStats struct {
 }
 
 func (s *modelStats) observe(d time.Duration) {
+	sec := d.Seconds()
 	s.mu.Lock()
 	s.lat[s.latN%len(s.lat)] = float64(d.Microseconds()) / 1000
 	s.latN++
+	s.hist.Count++
+	s.hist.SumSeconds += sec
+	for i, b := range LatencyBounds {
+		if sec <= b {
+			s.hist.Buckets[i]++
+			break
+		}
+	}
 	s.mu.Unlock()
+}
+
+func (s *modelStats) histogram() Histogram {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hist
 }
 
 func (s *modelStats) setLastError(err error, at time.Time) {
@@ -484,6 +515,7 @@ func (p *Pipeline) Stats() []ModelStats {
 			NonFinite: e.stats.nonFinite.Load(), SinkErrors: e.stats.sinkErrors.Load(),
 			NoVersion: e.stats.noVersion.Load(), Dropped: qs.Dropped, QueueDepth: qs.Depth,
 			LatencyP50: lat.p50, LatencyP95: lat.p95, LatencyP99: lat.p99, LastError: lastErr,
+			Latency: e.stats.histogram(),
 		}
 		if x := e.exp.Load(); x != nil {
 			st.Experiment = x.stats()

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/edge-agent/edge-agent/agent"
 	"github.com/edge-agent/edge-agent/agent/health"
 	"github.com/edge-agent/edge-agent/internal/testenv"
@@ -90,8 +92,20 @@ models:`+strings.Replace(mnistModel, "workers: 2", "workers: 2\n    sources: [di
 			t.Errorf("edge_agent_health_conditions{severity=%s} = %v; the agent has %v", sev, got, bySev[sev.String()])
 		}
 	}
-	if p50 := mustMetric(t, mfs, "edge_agent_model_latency_seconds", "model=mnist", "quantile=0.5"); p50 <= 0 || p50 > 1 {
+	if p50 := mustMetric(t, mfs, "edge_agent_model_latency_recent_seconds", "model=mnist", "quantile=0.5"); p50 <= 0 || p50 > 1 {
 		t.Errorf("mnist p50 latency %v s; want within (0, 1]", p50)
+	}
+	// The histogram: as many observations as results, cumulative buckets ending at the count.
+	var hist *dto.Histogram
+	for _, m := range mfs["edge_agent_model_latency_seconds"].GetMetric() {
+		if m.GetLabel()[0].GetValue() == "mnist" {
+			hist = m.GetHistogram()
+		}
+	}
+	results := mustMetric(t, mfs, "edge_agent_model_results_total", "model=mnist")
+	if hist == nil || float64(hist.GetSampleCount()) < results || hist.GetSampleSum() <= 0 || len(hist.GetBucket()) != 14 ||
+		hist.GetBucket()[13].GetCumulativeCount() != hist.GetSampleCount() || hist.GetBucket()[0].GetCumulativeCount() > hist.GetBucket()[12].GetCumulativeCount() {
+		t.Errorf("latency histogram %v for %v results; want a count of every inference in 13 cumulative buckets and +Inf", hist, results)
 	}
 	if up := mustMetric(t, mfs, "edge_agent_uptime_seconds"); up <= 0 {
 		t.Errorf("uptime %v; want > 0", up)
