@@ -927,3 +927,27 @@ func TestPackExpiry(t *testing.T) {
 		t.Errorf("an expired bundle was written (stat: %v)", err)
 	}
 }
+
+// golden: 0 in a pack spec means no golden vectors; leaving it out means 3; a negative count
+// is refused.
+func TestPackSpecGoldenCount(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		line string
+		want int
+	}{{"", 3}, {"golden: 0\n", 0}, {"golden: 5\n", 5}, {"golden: -1\n", -1}} {
+		p := filepath.Join(dir, "spec.yaml")
+		os.WriteFile(p, []byte("name: m\nversion: \"1\"\nsequence: 1\nmodel: m.tflite\n"+c.line), 0o644)
+		ps, err := readPackSpec(p)
+		switch {
+		case c.want < 0:
+			if err == nil || !strings.Contains(err.Error(), "golden") {
+				t.Errorf("%q: %v; want a refusal naming golden", c.line, err)
+			}
+		case err != nil:
+			t.Errorf("%q: %v", c.line, err)
+		case *ps.Golden != c.want:
+			t.Errorf("%q: golden %d; want %d", c.line, *ps.Golden, c.want)
+		}
+	}
+}

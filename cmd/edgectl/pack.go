@@ -45,7 +45,7 @@ type packSpec struct {
 	// Samples is a folder of inputs (PNG, JPEG, .npy) or a CSV of numbers: the reference
 	// statistics for drift detection and the golden vectors are computed from them.
 	Samples   string  `yaml:"samples"`
-	Golden    int     `yaml:"golden"`    // golden vectors taken from the first samples (default 3)
+	Golden    *int    `yaml:"golden"`    // golden vectors taken from the first samples (default 3; 0: none)
 	Tolerance float64 `yaml:"tolerance"` // absolute tolerance of golden outputs (default 1e-3)
 	Bins      int     `yaml:"bins"`      // histogram bins of the reference statistics (default 20)
 }
@@ -150,8 +150,11 @@ func readPackSpec(path string) (*packSpec, error) {
 	if ps.Model == "" {
 		return nil, fmt.Errorf("spec %s: model: the .tflite file is required", path)
 	}
-	if ps.Golden == 0 {
-		ps.Golden = 3
+	if ps.Golden == nil {
+		three := 3
+		ps.Golden = &three
+	} else if *ps.Golden < 0 {
+		return nil, fmt.Errorf("spec %s: golden: %d; want 0 (none) or more", path, *ps.Golden)
 	}
 	if ps.Tolerance == 0 {
 		ps.Tolerance = 1e-3
@@ -248,7 +251,7 @@ func buildManifest(ps *packSpec) (bundle.Manifest, map[string]string, error) {
 				classCounts[argmax(scores)]++
 			}
 		}
-		if i < ps.Golden {
+		if i < *ps.Golden {
 			g := bundle.Golden{Tolerance: ps.Tolerance}
 			for _, t := range in {
 				if t.Len() > 1024 { // images: raw bytes keep the manifest under its size cap
