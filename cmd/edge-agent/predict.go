@@ -197,7 +197,7 @@ func cmdInspect(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("inspect", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
-	delegate := fs.String("delegate", "cpu", "delegate to load the model with")
+	delegate := fs.String("delegate", "auto", "auto | cpu | xnnpack | edgetpu | gpu (auto, as predict and run: what this device would use)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
