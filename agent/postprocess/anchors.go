@@ -10,7 +10,6 @@ import (
 	"cmp"
 	"fmt"
 	"math"
-	"slices"
 
 	"github.com/edge-agent/edge-agent/agent/infer"
 	"github.com/edge-agent/edge-agent/models/spec"
@@ -176,8 +175,8 @@ func (p *Postprocessor) decodeAnchors(out []infer.Tensor) (Output, error) {
 		} else {
 			bw, bh = bw/h.scale[2]*a.w, bh/h.scale[3]*a.h
 		}
-		box := Box{XMin: clamp01(cx - bw/2), YMin: clamp01(cy - bh/2), XMax: clamp01(cx + bw/2), YMax: clamp01(cy + bh/2)}
-		if box.XMax <= box.XMin || box.YMax <= box.YMin {
+		box, ok := clampBox(Box{XMin: cx - bw/2, YMin: cy - bh/2, XMax: cx + bw/2, YMax: cy + bh/2})
+		if !ok {
 			continue
 		}
 		var kps []Point
@@ -191,15 +190,7 @@ func (p *Postprocessor) decodeAnchors(out []infer.Tensor) (Output, error) {
 		cands = append(cands, candidate{class: class, score: best, box: box, idx: len(points)})
 		points = append(points, kps)
 	}
-	slices.SortFunc(cands, func(a, b candidate) int {
-		if c := cmpDesc(a.score, b.score); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.idx, b.idx)
-	})
-	if len(cands) > maxCandidates {
-		cands = cands[:maxCandidates]
-	}
+	cands = rank(cands)
 	cands = suppress(cands, h.iou, h.agnostic, h.maxDet)
 	dets := make([]Detection, len(cands))
 	for i, c := range cands {

@@ -181,21 +181,13 @@ func (p *Postprocessor) decodeYOLO(out []infer.Tensor) (Output, error) {
 			cx, cy, w, hh := b0*h.scaleX, b1*h.scaleY, b2*h.scaleX, b3*h.scaleY
 			box = Box{XMin: cx - w/2, YMin: cy - hh/2, XMax: cx + w/2, YMax: cy + hh/2}
 		}
-		box = Box{XMin: clamp01(box.XMin), YMin: clamp01(box.YMin), XMax: clamp01(box.XMax), YMax: clamp01(box.YMax)}
-		if box.XMax <= box.XMin || box.YMax <= box.YMin {
-			continue // no area inside the picture: not an object
+		box, ok := clampBox(box)
+		if !ok {
+			continue
 		}
 		cands = append(cands, candidate{class: class, score: score, box: box, idx: i})
 	}
-	slices.SortFunc(cands, func(a, b candidate) int {
-		if c := cmpDesc(a.score, b.score); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.idx, b.idx)
-	})
-	if len(cands) > maxCandidates {
-		cands = cands[:maxCandidates]
-	}
+	cands = rank(cands)
 	if h.format != spec.DetectEnd2End {
 		cands = suppress(cands, h.iou, h.agnostic, h.maxDet)
 	}
@@ -247,6 +239,24 @@ func bestClass(at func(i, j int) float64, i int, h *yoloHead) (float64, int) {
 		best = sigmoid(best) // monotonic: the best logit is the best probability
 	}
 	return best, class
+}
+
+// rank sorts candidates by score, highest first (ties keep the model's order), and keeps the
+// maxCandidates best.
+func rank(cands []candidate) []candidate {
+	slices.SortFunc(cands, func(a, b candidate) int {
+		if c := cmpDesc(a.score, b.score); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.idx, b.idx)
+	})
+	return cands[:min(len(cands), maxCandidates)]
+}
+
+// clampBox clamps a box to the picture; false when no area is left inside it (not an object).
+func clampBox(b Box) (Box, bool) {
+	b = Box{XMin: clamp01(b.XMin), YMin: clamp01(b.YMin), XMax: clamp01(b.XMax), YMax: clamp01(b.YMax)}
+	return b, b.XMax > b.XMin && b.YMax > b.YMin
 }
 
 // suppress keeps, highest score first, each candidate whose overlap (IoU) with every kept one
