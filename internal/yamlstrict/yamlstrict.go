@@ -6,6 +6,7 @@
 package yamlstrict
 
 import (
+	"encoding"
 	"errors"
 	"fmt"
 	"reflect"
@@ -21,7 +22,10 @@ const maxKeyErrors = 10
 
 var (
 	unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
-	durationType    = reflect.TypeFor[time.Duration]()
+	// Types that decode themselves from one scalar (time.Time, net addresses) are values, not
+	// mappings of settings.
+	textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
+	durationType        = reflect.TypeFor[time.Duration]()
 )
 
 // Decode decodes data into v (a pointer), after Check. An empty document leaves v as it is.
@@ -75,7 +79,7 @@ func walkKeys(n *yaml.Node, t reflect.Type, path string, errs *[]string) {
 	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
 		return // an empty value leaves the default
 	}
-	if reflect.PointerTo(t).Implements(unmarshalerType) || t.Kind() == reflect.Interface {
+	if p := reflect.PointerTo(t); p.Implements(unmarshalerType) || p.Implements(textUnmarshalerType) || t.Kind() == reflect.Interface {
 		if err := n.Decode(reflect.New(t).Interface()); err != nil {
 			at("%s", strings.TrimPrefix(err.Error(), fmt.Sprintf("line %d: ", n.Line)))
 		}

@@ -3,6 +3,7 @@ package yamlstrict
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/edge-agent/edge-agent/models/spec"
 )
@@ -31,6 +32,15 @@ func TestSpecFile(t *testing.T) {
 	}
 	if strings.Contains(msg, "int") || strings.Contains(msg, "spec.") || strings.Contains(msg, "unmarshal") {
 		t.Errorf("error %q names Go types", msg)
+	}
+	var stamped struct {
+		Expires time.Time `yaml:"expires"`
+	}
+	if err := Decode([]byte("expires: 2027-01-03T03:57:47Z\n"), &stamped); err != nil || stamped.Expires.Year() != 2027 {
+		t.Errorf("a time: %v, %v", stamped.Expires, err)
+	}
+	if err := Decode([]byte("expires: someday\n"), &stamped); err == nil || !strings.Contains(err.Error(), "expires (line 1)") {
+		t.Errorf("a bad time: %v; want an error naming expires", err)
 	}
 	var empty spec.Model
 	if err := Decode([]byte("# nothing yet\n"), &empty); err != nil {
