@@ -74,8 +74,14 @@ func TestSecurity(t *testing.T) {
 	if code, _ := r.call(t, http.MethodDelete, "/v1/models/mnist", nil, "Authorization", "Bearer wrong-wrong-wrong-wrong"); code != http.StatusUnauthorized {
 		t.Errorf("DELETE with a wrong token: %d; want 401", code)
 	}
-	if code, body := r.call(t, http.MethodPost, "/v1/anything", nil, "Authorization", "Bearer s3cret-s3cret-s3cret"); code != http.StatusNotFound {
-		t.Errorf("POST with the token: %d %s; want it past the guard (404: no such route)", code, body)
+	if code, body := r.call(t, http.MethodPost, "/v1/anything", nil, "Authorization", "Bearer s3cret-s3cret-s3cret"); code != http.StatusNotFound || !json.Valid(body) || !strings.Contains(string(body), "no such endpoint") {
+		t.Errorf("POST with the token: %d %s; want it past the guard (404: no such route, as JSON)", code, body)
+	}
+	if code, body := r.call(t, http.MethodGet, "/nothing/here", nil); code != http.StatusNotFound || !json.Valid(body) {
+		t.Errorf("GET of an unknown path: %d %s; want a JSON 404", code, body)
+	}
+	if code, body := r.call(t, http.MethodPost, "/v1/status", nil, "Authorization", "Bearer s3cret-s3cret-s3cret"); code != http.StatusMethodNotAllowed || !json.Valid(body) || !strings.Contains(string(body), "takes GET") {
+		t.Errorf("POST /v1/status: %d %s; want a JSON 405 saying it takes GET", code, body)
 	}
 	zeros := "[" + strings.TrimSuffix(strings.Repeat("0,", 784), ",") + "]"
 	if code, body := r.post(t, "/v1/models/mnist:predict", `{"instances": [`+zeros+`]}`, nil); code != http.StatusOK {

@@ -326,6 +326,29 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /readyz", s.handleReadyz)
 	s.mux.HandleFunc("GET /v1/models/{name}", s.handleModel)
 	s.mux.HandleFunc("POST /v1/models/{name}", s.handlePredict)
+	s.mux.HandleFunc("/", s.handleUnknown)
+}
+
+// handleUnknown answers what no route takes with a JSON error, as every other error: 405 when
+// the path is served for another method, else 404.
+func (s *Server) handleUnknown(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodPost} {
+		if m == r.Method {
+			continue
+		}
+		other := r.Clone(r.Context())
+		other.Method = m
+		if _, pattern := s.mux.Handler(other); pattern != "/" && pattern != "" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s %s: this path takes %s", r.Method, r.URL.Path, strings.Join(allow, " or ")))
+		return
+	}
+	writeError(w, http.StatusNotFound, fmt.Sprintf("%s %s: no such endpoint; the API is /v1/status, /v1/models/NAME, /v1/models/NAME:predict, /metrics, /healthz, /readyz and /events (docs/status.md)", r.Method, r.URL.Path))
 }
 
 // Listen binds the configured address and returns the bound one.
