@@ -172,16 +172,15 @@ type Outbox struct {
 	// dbMu guards db against compaction and Close, which swap it: readers hold RLock for a
 	// View. The committer writes through db without the lock: it is the only goroutine
 	// that changes db, and Close does so only after the committer has stopped.
-	dbMu        sync.RWMutex
-	db          *bolt.DB
-	fatal       error              // set when the file could not be reopened after compaction
-	leased      map[string]uint64  // the sequence lease (seqlease.go); committer-owned after Open
-	leaseRetry  time.Time          // after a failed renewal, when to try again
-	fresh       bool               // the file was new (or empty) at Open
-	salvaged    *Salvage           // what Open salvaged from Options.SalvageFrom
-	salvageLast map[*Stream]uint64 // during a salvage: the highest key restored per stream
-	lease       leaseFile          // the lease file as Open found it
-	leaseKnown  bool               // it was there and readable
+	dbMu       sync.RWMutex
+	db         *bolt.DB
+	fatal      error             // set when the file could not be reopened after compaction
+	leased     map[string]uint64 // the sequence lease (seqlease.go); committer-owned after Open
+	leaseRetry time.Time         // after a failed renewal, when to try again
+	fresh      bool              // the file was new (or empty) at Open
+	salvaged   *Salvage          // what Open salvaged from Options.SalvageFrom
+	lease      leaseFile         // the lease file as Open found it
+	leaseKnown bool              // it was there and readable
 	// The numbering epoch (seqlease.go), set by Open; epochChanged: load must persist it.
 	epoch        uint64
 	epochNew     bool

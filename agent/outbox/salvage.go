@@ -60,11 +60,11 @@ type salvaged struct {
 // salvage restores what path holds into o; it runs in Open, before the committer starts.
 func (o *Outbox) salvage(path string) Salvage {
 	rep := Salvage{From: path, Restored: map[string]int{}}
-	o.salvageLast = map[*Stream]uint64{}
-	defer func() { o.salvageLast = nil }()
-	// Delivered records (at or below the lease's acknowledged mark) are not sent again when
-	// found outside the tree, where an acknowledgement cannot have deleted them.
-	gone, _ := readAcked(o.path)
+	// Delivered records (at or below the lease's acknowledged mark, as Open read the lease)
+	// are not sent again when found outside the tree, where an acknowledgement cannot have
+	// deleted them.
+	gone := o.lease.Acked
+	last := map[*Stream]uint64{} // the highest key restored per stream
 	var (
 		batch []salvaged
 		size  int
@@ -74,7 +74,7 @@ func (o *Outbox) salvage(path string) Salvage {
 		metaRead bool
 	)
 	flush := func() error {
-		err := o.restore(batch, &rep)
+		err := o.restore(batch, last, &rep)
 		batch, size = batch[:0], 0
 		return err
 	}
@@ -164,8 +164,9 @@ func (o *Outbox) salvage(path string) Salvage {
 }
 
 // restore stores a batch of salvaged records with their own keys in one transaction, then
-// enforces the caps as an append would (drop-oldest evicts, counted).
-func (o *Outbox) restore(batch []salvaged, rep *Salvage) error {
+// enforces the caps as an append would (drop-oldest evicts, counted). last is the highest key
+// restored so far per stream: keys above it come in order and fill their pages.
+func (o *Outbox) restore(batch []salvaged, last map[*Stream]uint64, rep *Salvage) error {
 	if len(batch) == 0 {
 		return nil
 	}
@@ -187,10 +188,10 @@ func (o *Outbox) restore(batch []salvaged, rep *Salvage) error {
 				// The tree's records come in key order (pages filled, as appends fill them);
 				// records found outside it may go anywhere (pages left half empty).
 				w.b.FillPercent = 1.0
-				if r.seq <= o.salvageLast[r.s] {
+				if r.seq <= last[r.s] {
 					w.b.FillPercent = 0.5
 				}
-				o.salvageLast[r.s] = max(o.salvageLast[r.s], r.seq)
+				last[r.s] = max(last[r.s], r.seq)
 				if err := w.b.Put(key, r.val); err != nil {
 					return err
 				}

@@ -46,12 +46,6 @@ type leaseFile struct {
 
 func leasePath(path string) string { return path + ".seq.json" }
 
-// readAcked returns the acknowledged marks of the lease file (none when it has none).
-func readAcked(path string) (map[string]uint64, error) {
-	f, err := readLeaseFile(path)
-	return f.Acked, err
-}
-
 func readLeaseFile(path string) (leaseFile, error) {
 	f := leaseFile{Streams: map[string]uint64{}}
 	b, err := os.ReadFile(leasePath(path))
