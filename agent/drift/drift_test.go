@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -233,6 +234,13 @@ func (a *alerts) add(_ context.Context, al drift.Alert[int]) {
 	a.mu.Unlock()
 }
 
+// list is what has been delivered so far (the monitor may still be adding).
+func (a *alerts) list() []drift.Alert[int] {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.all)
+}
+
 func (a *alerts) find(raised bool, feature, stat string) (drift.Alert[int], bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -252,7 +260,7 @@ func (a *alerts) wait(t *testing.T, raised bool, feature, stat string) drift.Ale
 			return al
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no alert (raised %v) for %s %s within 10s; got %d others", raised, feature, stat, len(a.all))
+			t.Fatalf("no alert (raised %v) for %s %s within 10s; got %d others", raised, feature, stat, len(a.list()))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -318,8 +326,8 @@ func TestNoFalseAlarmsOnTheReferenceDistribution(t *testing.T) {
 			t.Errorf("%s above its threshold in %d of %d windows of the reference distribution", name, n, windows)
 		}
 	}
-	if got.all != nil {
-		t.Errorf("alerts delivered: %+v", got.all)
+	if all := got.list(); len(all) != 0 {
+		t.Errorf("alerts delivered: %+v", all)
 	}
 }
 
@@ -370,7 +378,7 @@ func TestShiftRaisesThenClears(t *testing.T) {
 	}
 	// The samples come with the first raised alert of window 8: every 25th frame of it.
 	var kept []drift.Sample[int]
-	for _, al := range got.all {
+	for _, al := range got.list() {
 		if len(al.Samples) > 0 {
 			if kept != nil {
 				t.Errorf("samples delivered twice")
